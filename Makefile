@@ -1,0 +1,57 @@
+# cellmesh — one-command set-up and test. Run as root on Debian 12 (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := etcd-server etcd-client clang llvm libbpf-dev bpftool iproute2 openssl
+APT_STAMP := .setup-stamp-apt
+VENV_STAMP := .setup-stamp-venv
+
+.PHONY: setup test lint unit proto proto-check clean
+
+setup: $(APT_STAMP) $(VENV_STAMP)
+
+# apt-get update runs once (when a package is missing), never on every test run.
+$(APT_STAMP):
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Regenerate the protobuf code (committed; `proto-check` fails when it is stale).
+proto: $(VENV_STAMP)
+	cd meshcore/wire && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc \
+	  -I. --python_out=. --mypy_out=. cellmesh.proto
+
+proto-check: $(VENV_STAMP)
+	@tmp=$$(mktemp -d); cp meshcore/wire/cellmesh.proto $$tmp/; \
+	(cd $$tmp && PATH=$(CURDIR)/$(BIN):$$PATH $(CURDIR)/$(BIN)/python -m grpc_tools.protoc \
+	  -I. --python_out=. --mypy_out=. cellmesh.proto >/dev/null) && \
+	diff -q $$tmp/cellmesh_pb2.py meshcore/wire/cellmesh_pb2.py && \
+	diff -q $$tmp/cellmesh_pb2.pyi meshcore/wire/cellmesh_pb2.pyi; rc=$$?; rm -rf $$tmp; \
+	if [ $$rc -ne 0 ]; then echo "generated protobuf code is stale: run 'make proto'"; exit 1; fi
+
+lint: setup proto-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict meshcore meshapi nodeagent bpf certs meshctl
+	$(BIN)/lint-imports
+
+# grpc-core logs every refused handshake; the authorization tests make many on purpose.
+unit: setup
+	GRPC_VERBOSITY=ERROR $(BIN)/pytest -q
+
+test: setup lint unit
+
+clean:
+	rm -rf $(VENV) $(APT_STAMP) $(VENV_STAMP) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,168 @@
+"""Wires one cell's meshapi: etcd store -> watch cache -> gRPC (mTLS) and HTTP; writer -> etcd.
+
+Holds no logic worth testing alone: start order, the heartbeat loop, and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+
+import grpc
+import structlog
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from certs import Role, identity_from_certificate
+from meshapi.authz import CellPolicy
+from meshapi.cache import WatchCache
+from meshapi.etcd_adapter import EtcdStore
+from meshapi.http import build_http_app
+from meshapi.server import MeshApiService
+from meshapi.writer import RecordWriter
+from meshcore.model import CellConfig, Heartbeat, Kind, encode_record, heartbeat_key
+from meshcore.tls import TlsMaterial, server_credentials
+
+log = structlog.get_logger("meshapi")
+
+
+class ConfigError(ValueError):
+    """meshapi was started with settings that cannot work; the message says which."""
+
+
+@dataclass(frozen=True)
+class MeshApiConfig:
+    cell: str
+    cell_id: int
+    pod_cidrs: tuple[IPv4Network | IPv6Network, ...]
+    etcd_endpoints: tuple[str, ...]
+    listen: str
+    tls_dir: Path
+    http: str
+    node_cidrs: tuple[IPv4Network | IPv6Network, ...] = ()
+    heartbeat_interval: float = 5.0
+    history_events: int = 100_000
+    capabilities: tuple[str, ...] = ("socket-lb", "ipv4")
+
+
+@dataclass
+class MeshApiApp:
+    config: MeshApiConfig
+    grpc_port: int = 0
+    http_port: int = 0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        cfg = self.config
+        tls = TlsMaterial.from_dir(cfg.tls_dir)
+        me = identity_from_certificate(tls.cert)
+        if me.cell != cfg.cell or me.role is not Role.MESHAPI:
+            raise ConfigError(
+                f"{cfg.tls_dir}/tls.crt is for {me.role} of cell {me.cell}; "
+                f"meshapi of cell {cfg.cell} needs a meshapi certificate of that cell"
+            )
+        cell_config = CellConfig(
+            name=cfg.cell,
+            id=cfg.cell_id,
+            pod_cidrs=list(cfg.pod_cidrs),
+            node_cidrs=list(cfg.node_cidrs),
+            capabilities=list(cfg.capabilities),
+        )
+        self.store = EtcdStore(list(cfg.etcd_endpoints))
+        await self.store.connect()
+        self.cache = WatchCache(self.store, history_events=cfg.history_events)
+        self.writer = RecordWriter(self.store, cell=cfg.cell)
+        self.cache.on_reset.append(self.writer.reassert_owned)
+        self.service = MeshApiService(
+            cache=self.cache,
+            writer=self.writer,
+            policy=CellPolicy(cell=cfg.cell, trust_domain=me.trust_domain),
+        )
+        self._tasks.append(asyncio.create_task(self.cache.run(), name="cache"))
+        self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
+        self.writer.own(cell_config.key(), encode_record(cell_config))
+        # Standalone mode: etcd itself is the source of every kind, so each kind is complete
+        # once the writes queued before its canary (the cell config) have landed.
+        for kind in Kind:
+            if kind is not Kind.SYNCED:
+                self.writer.mark_synced(kind)
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+
+        self.grpc_server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        )
+        for handler in self.service.generic_handlers():
+            self.grpc_server.add_generic_rpc_handlers((handler,))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self.grpc_port = self.grpc_server.add_secure_port(
+            cfg.listen, server_credentials(cfg.tls_dir)
+        )
+        if self.grpc_port == 0:
+            raise ConfigError(f"cannot listen on {cfg.listen}")
+        await self.grpc_server.start()
+        self._tasks.append(asyncio.create_task(self._track_health(), name="health"))
+
+        self.http_runner = web.AppRunner(
+            build_http_app(
+                cell=cfg.cell, cache=self.cache, service=self.service, writer=self.writer
+            ),
+            access_log=None,
+        )
+        await self.http_runner.setup()
+        host, _, port = cfg.http.rpartition(":")
+        site = web.TCPSite(self.http_runner, host or "127.0.0.1", int(port))
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else int(port)
+        log.info(
+            "meshapi started",
+            cell=cfg.cell,
+            grpc_port=self.grpc_port,
+            http_port=self.http_port,
+        )
+
+    async def _heartbeat(self) -> None:
+        cfg = self.config
+        sequence = 0
+        while True:
+            beat = Heartbeat(cell=cfg.cell, timestamp=time.time(), sequence=sequence)
+            sequence += 1
+            self.writer.submit(puts=[(heartbeat_key(cfg.cell), encode_record(beat))])
+            with contextlib.suppress(Exception):
+                await self.cache.check_epoch()
+            await asyncio.sleep(cfg.heartbeat_interval)
+
+    async def _track_health(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while True:
+            ok = self.cache.synced.is_set() and self.cache.connected
+            await self.health.set("", serving if ok else not_serving)
+            await asyncio.sleep(0.5)
+
+    async def wait_ready(self, *, timeout: float = 20.0) -> None:
+        await asyncio.wait_for(self.cache.synced.wait(), timeout)
+        deadline = time.monotonic() + timeout
+        while not self.writer.stats.synced_kinds or self.writer.stats.canaries < len(Kind) - 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("meshapi canaries not written")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.grpc_server.stop(grace=0.5)
+        with contextlib.suppress(Exception):
+            await self.http_runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.store.close()

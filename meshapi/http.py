@@ -1,0 +1,131 @@
+"""HTTP side of meshapi (aiohttp): /healthz, /readyz, /metrics (Prometheus), /status (JSON).
+
+Metrics are read from the parts' own counters at scrape time (a custom collector), so there is no
+second bookkeeping that could drift from the truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from meshapi.cache import WatchCache
+from meshapi.server import MeshApiService
+from meshapi.writer import RecordWriter
+
+
+class MeshApiCollector(Collector):
+    def __init__(
+        self, *, cell: str, cache: WatchCache, service: MeshApiService, writer: RecordWriter
+    ) -> None:
+        self._cell = cell
+        self._cache = cache
+        self._service = service
+        self._writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        cache, stats = self._cache, self._cache.stats
+        g = GaugeMetricFamily("meshapi_watchers", "Open watch streams by view", labels=["view"])
+        for view, n in sorted(self._service.watchers.items()):
+            g.add_metric([view], n)
+        yield g
+        c = CounterMetricFamily(
+            "meshapi_requests", "gRPC requests by method and status", labels=["method", "code"]
+        )
+        for (method, code), n in sorted(self._service.requests.items()):
+            c.add_metric([method, code], n)
+        yield c
+        c = CounterMetricFamily(
+            "meshapi_bad_records", "Records in etcd that failed validation", labels=["kind"]
+        )
+        for kind, n in sorted(stats.bad_records.items()):
+            c.add_metric([kind], n)
+        yield c
+        records = GaugeMetricFamily("meshapi_records", "Valid records cached", labels=["kind"])
+        per_kind: dict[str, int] = {}
+        for item in cache.full.values():
+            per_kind[item.kind] = per_kind.get(item.kind, 0) + 1
+        for kind, n in sorted(per_kind.items()):
+            records.add_metric([kind], n)
+        yield records
+        yield CounterMetricFamily(
+            "meshapi_store_events", "etcd events ingested", value=stats.events_in
+        )
+        yield CounterMetricFamily(
+            "meshapi_batches_published", "Batches published to views", value=stats.batches_published
+        )
+        yield CounterMetricFamily("meshapi_relists", "Relists of etcd", value=stats.relists)
+        yield CounterMetricFamily(
+            "meshapi_slow_watchers_dropped",
+            "Watchers ended for falling behind",
+            value=stats.slow_watchers_dropped,
+        )
+        yield GaugeMetricFamily("meshapi_revision", "Store revision reached", value=cache.revision)
+        yield CounterMetricFamily(
+            "meshapi_store_txns", "Write txns landed", value=self._writer.stats.txns
+        )
+
+
+def status_document(
+    *, cell: str, cache: WatchCache, service: MeshApiService, writer: RecordWriter
+) -> dict[str, Any]:
+    per_kind: dict[str, int] = {}
+    for item in cache.full.values():
+        per_kind[item.kind] = per_kind.get(item.kind, 0) + 1
+    return {
+        "cell": cell,
+        "ready": cache.synced.is_set() and cache.connected,
+        "store": {"connected": cache.connected, "revision": cache.revision, "epoch": cache.epoch},
+        "records": dict(sorted(per_kind.items())),
+        "watchers": dict(service.watchers),
+        "bad_records": dict(cache.stats.bad_records),
+        "bad_keys": dict(sorted(cache.bad_keys.items())[:50]),
+        "synced_kinds": sorted(writer.stats.synced_kinds),
+        "peers": sorted(
+            item.key.rsplit("/", 1)[-1] for item in cache.full.values() if item.kind == "peers"
+        ),
+    }
+
+
+def build_http_app(
+    *,
+    cell: str,
+    cache: WatchCache,
+    service: MeshApiService,
+    writer: RecordWriter,
+    extra_status: Callable[[], Mapping[str, Any]] | None = None,
+) -> web.Application:
+    registry = CollectorRegistry()
+    registry.register(MeshApiCollector(cell=cell, cache=cache, service=service, writer=writer))
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if not cache.connected:
+            return web.Response(status=503, text="etcd not reachable\n")
+        if not cache.synced.is_set():
+            return web.Response(status=503, text="watch cache not synced\n")
+        return web.Response(text="ready\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    async def status(_: web.Request) -> web.Response:
+        doc = status_document(cell=cell, cache=cache, service=service, writer=writer)
+        if extra_status is not None:
+            doc.update(extra_status())
+        return web.Response(text=json.dumps(doc, indent=2) + "\n", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app

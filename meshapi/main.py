@@ -1,0 +1,99 @@
+"""``meshapi`` console script: parse and validate flags, then run `MeshApiApp` until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+
+from meshapi.app import ConfigError, MeshApiApp, MeshApiConfig
+from meshcore.logs import configure_logging
+
+
+def _host_port(value: str, flag: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
+    return value
+
+
+def _etcd_endpoint(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        raise click.BadParameter(f"{url!r} is not http://HOST:PORT", param_hint="--etcd")
+    return f"{parts.hostname}:{parts.port}"
+
+
+def _cidr(value: str, flag: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: {e}", param_hint=flag) from e
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cell", required=True, help="Cell name (DNS label, at most 32 characters).")
+@click.option("--cell-id", required=True, type=click.IntRange(1, 255), help="Cell id, 1-255.")
+@click.option("--pod-cidr", "pod_cidrs", multiple=True, required=True, help="Pod CIDR (repeat).")
+@click.option("--node-cidr", "node_cidrs", multiple=True, help="Node address CIDR (repeat).")
+@click.option("--etcd", "etcd", multiple=True, required=True, help="etcd URL http://HOST:PORT.")
+@click.option("--listen", default="127.0.0.1:7443", show_default=True, help="gRPC HOST:PORT.")
+@click.option("--tls-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--http", "http", default="127.0.0.1:7080", show_default=True, help="HTTP HOST:PORT.")
+@click.option("--heartbeat-interval", default=5.0, type=click.FloatRange(0.1, 3600))
+@click.option("--history-events", default=100_000, type=click.IntRange(1, 10_000_000))
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+def main(
+    cell: str,
+    cell_id: int,
+    pod_cidrs: tuple[str, ...],
+    node_cidrs: tuple[str, ...],
+    etcd: tuple[str, ...],
+    listen: str,
+    tls_dir: Path,
+    http: str,
+    heartbeat_interval: float,
+    history_events: int,
+    log_level: str,
+) -> None:
+    """Serve one cell's records to its agents and its connected peers (gRPC over mTLS)."""
+    from meshcore.model import RecordError, cell_key
+
+    try:
+        cell_key(cell)  # validates nothing by itself; CellConfig below does
+    except RecordError as e:
+        raise click.BadParameter(str(e), param_hint="--cell") from e
+    config = MeshApiConfig(
+        cell=cell,
+        cell_id=cell_id,
+        pod_cidrs=tuple(_cidr(c, "--pod-cidr") for c in pod_cidrs),
+        node_cidrs=tuple(_cidr(c, "--node-cidr") for c in node_cidrs),
+        etcd_endpoints=tuple(_etcd_endpoint(u) for u in etcd),
+        listen=_host_port(listen, "--listen"),
+        tls_dir=tls_dir,
+        http=_host_port(http, "--http"),
+        heartbeat_interval=heartbeat_interval,
+        history_events=history_events,
+    )
+    configure_logging(log_level)
+    try:
+        asyncio.run(_serve(config))
+    except (ConfigError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+async def _serve(config: MeshApiConfig) -> None:
+    app = MeshApiApp(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()

@@ -1,0 +1,284 @@
+"""gRPC services of a cell's meshapi: `MeshApi` (watch, cell config) and `MeshAdmin` (writes).
+
+Every call starts by turning the client certificate into a `MeshIdentity` and asking the
+`CellPolicy`. Inputs are validated here before anything reaches etcd: kinds, revisions, every
+record against its key and this cell, manifests. Errors map to statuses that say what is wrong.
+The watch stream sends bytes serialized once per (view, kinds) by the cache.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from certs import CertError, MeshIdentity, identity_from_certificate
+from meshapi.authz import CellPolicy, Denied
+from meshapi.cache import ResumeUnavailable, WatchCache, WatcherTooSlow
+from meshapi.etcd_adapter import StoreUnavailable
+from meshapi.writer import RecordWriter
+from meshcore import wire
+from meshcore.model import (
+    Kind,
+    ManifestError,
+    Record,
+    RecordError,
+    cell_key,
+    decode_record,
+    encode_record,
+    kind_of_key,
+    load_manifests,
+    service_from_manifest,
+    service_key,
+    service_ref_from_manifest,
+)
+from meshcore.wire import pb
+
+log = structlog.get_logger("meshapi.server")
+
+MAX_WRITE_OPS = 10_000
+T = TypeVar("T")
+
+
+class Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> MeshIdentity:
+    auth = context.auth_context()
+    pems = list(auth.get("x509_pem_cert") or [])
+    if not pems:
+        raise Abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+    try:
+        return identity_from_certificate(pems[0])
+    except CertError as e:
+        raise Abort(grpc.StatusCode.UNAUTHENTICATED, f"client certificate: {e}") from e
+
+
+def _kinds(names: Any) -> frozenset[Kind]:
+    try:
+        kinds = frozenset(Kind(n) for n in names)
+    except ValueError as e:
+        raise Abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"unknown kind in {list(names)}; known: {', '.join(k.value for k in Kind)}",
+        ) from e
+    return kinds or frozenset(Kind)
+
+
+class MeshApiService:
+    """The handlers; `generic_handlers()` registers them on a grpc.aio server."""
+
+    def __init__(self, *, cache: WatchCache, writer: RecordWriter, policy: CellPolicy) -> None:
+        self.cache = cache
+        self.writer = writer
+        self.policy = policy
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.watchers: Counter[str] = Counter()
+        self.denied: Counter[str] = Counter()
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        def unary(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler[Any, Any]:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            )
+
+        api = grpc.method_handlers_generic_handler(
+            "cellmesh.v1.MeshApi",
+            {
+                # response_serializer None: the handler yields bytes serialized by the cache.
+                "Watch": grpc.unary_stream_rpc_method_handler(
+                    self.watch, request_deserializer=pb.WatchRequest.FromString
+                ),
+                "GetCell": unary(self.get_cell, pb.GetCellRequest, pb.GetCellResponse),
+            },
+        )
+        admin = grpc.method_handlers_generic_handler(
+            "cellmesh.v1.MeshAdmin",
+            {
+                "Write": unary(self.write, pb.WriteRequest, pb.WriteResponse),
+                "ApplyManifest": unary(
+                    self.apply_manifest, pb.ManifestRequest, pb.ManifestResponse
+                ),
+                "DeleteManifest": unary(
+                    self.delete_manifest, pb.ManifestRequest, pb.ManifestResponse
+                ),
+                "List": unary(self.list, pb.ListRequest, pb.ListResponse),
+            },
+        )
+        return [api, admin]
+
+    async def _guard(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], body: Awaitable[T]
+    ) -> T:
+        code = grpc.StatusCode.OK
+        try:
+            return await body
+        except Abort as e:
+            code = e.code
+            await context.abort(e.code, e.details)
+        except Denied as e:
+            code = grpc.StatusCode.PERMISSION_DENIED
+            self.denied[method] += 1
+            await context.abort(code, str(e))
+        except (RecordError, ManifestError) as e:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(e))
+        except (StoreUnavailable, TimeoutError) as e:
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, f"store unavailable: {e or 'timed out'}")
+        finally:
+            self.requests[(method, code.name)] += 1
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    # ---- MeshApi ------------------------------------------------------------------------
+
+    async def watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        code = grpc.StatusCode.OK
+        try:
+            who = _caller(context)
+            view = self.policy.watch_view(who, self.cache.full)
+            kinds = _kinds(request.kinds)
+            if request.resume_revision < 0:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "resume_revision must be >= 0")
+            self.watchers[view] += 1
+            try:
+                async for data in self.cache.stream(
+                    view=view,
+                    kinds=kinds,
+                    resume_revision=request.resume_revision,
+                    resume_epoch=request.resume_epoch,
+                ):
+                    yield data
+            finally:
+                self.watchers[view] -= 1
+        except Abort as e:
+            code = e.code
+            await context.abort(e.code, e.details)
+        except Denied as e:
+            code = grpc.StatusCode.PERMISSION_DENIED
+            self.denied["Watch"] += 1
+            await context.abort(code, str(e))
+        except ResumeUnavailable as e:
+            code = grpc.StatusCode.OUT_OF_RANGE
+            await context.abort(code, f"{wire.RESUME_UNAVAILABLE}: {e}")
+        except WatcherTooSlow as e:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            await context.abort(code, str(e))
+        except StoreUnavailable as e:
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, f"store unavailable: {e}")
+        finally:
+            self.requests[("Watch", code.name)] += 1
+
+    async def get_cell(
+        self, request: pb.GetCellRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetCellResponse:
+        async def body() -> pb.GetCellResponse:
+            self.policy.watch_view(_caller(context), self.cache.full)
+            item = self.cache.full.get(cell_key(self.policy.cell))
+            if item is None:
+                raise Abort(grpc.StatusCode.UNAVAILABLE, "cell config not written yet")
+            return pb.GetCellResponse(
+                config=item.value, revision=self.cache.revision, epoch=self.cache.epoch
+            )
+
+        return await self._guard("GetCell", context, body())
+
+    # ---- MeshAdmin ----------------------------------------------------------------------
+
+    async def write(
+        self, request: pb.WriteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.WriteResponse:
+        async def body() -> pb.WriteResponse:
+            who = _caller(context)
+            if len(request.puts) + len(request.deletes) > MAX_WRITE_OPS:
+                raise Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"more than {MAX_WRITE_OPS} ops in one write"
+                )
+            puts: list[tuple[str, bytes]] = []
+            for put in request.puts:
+                record = decode_record(put.key, put.value)
+                self._check_own_cell(put.key, record)
+                self.policy.check_write(who, put.key, record, self.cache.full.get(put.key))
+                puts.append((put.key, encode_record(record)))
+            for key in request.deletes:
+                kind_of_key(key)
+                self.policy.check_write(who, key, None, self.cache.full.get(key))
+            revision = await self.writer.write(puts=puts, deletes=list(request.deletes))
+            await self.cache.wait_revision(revision)
+            return pb.WriteResponse(revision=revision)
+
+        return await self._guard("Write", context, body())
+
+    def _check_own_cell(self, key: str, record: Record) -> None:
+        cell = getattr(record, "cell", None)
+        if cell != self.policy.cell:
+            raise RecordError(key, f"record of cell {cell!r} written to cell {self.policy.cell!r}")
+
+    async def apply_manifest(
+        self, request: pb.ManifestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ManifestResponse:
+        async def body() -> pb.ManifestResponse:
+            self.policy.check_admin(_caller(context))
+            source = request.source or "<manifest>"
+            puts: list[tuple[str, bytes]] = []
+            warnings: list[str] = []
+            for doc in load_manifests(request.manifest, source=source):
+                if doc.get("kind") != "Service":
+                    warnings.append(f"{source}: skipped a {doc.get('kind')!r} document")
+                    continue
+                svc = service_from_manifest(doc, cell=self.policy.cell, source=source)
+                warnings.extend(f"{svc.namespace}/{svc.name}: {w}" for w in svc.warnings)
+                puts.append((svc.key(), encode_record(svc)))
+            revision = await self.writer.write(puts=puts)
+            await self.cache.wait_revision(revision)
+            keys = [k for k, _ in puts]
+            log.info("Manifest applied", source=source, services=len(keys))
+            return pb.ManifestResponse(keys=keys, warnings=warnings, revision=revision)
+
+        return await self._guard("ApplyManifest", context, body())
+
+    async def delete_manifest(
+        self, request: pb.ManifestRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ManifestResponse:
+        async def body() -> pb.ManifestResponse:
+            self.policy.check_admin(_caller(context))
+            source = request.source or "<manifest>"
+            keys = [
+                service_key(self.policy.cell, *service_ref_from_manifest(doc, source=source))
+                for doc in load_manifests(request.manifest, source=source)
+                if doc.get("kind") == "Service"
+            ]
+            revision = await self.writer.write(deletes=keys)
+            await self.cache.wait_revision(revision)
+            return pb.ManifestResponse(keys=keys, revision=revision)
+
+        return await self._guard("DeleteManifest", context, body())
+
+    async def list(
+        self, request: pb.ListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListResponse:
+        async def body() -> pb.ListResponse:
+            who = _caller(context)
+            view = self.policy.watch_view(who, self.cache.full)
+            kinds = _kinds(request.kinds)
+            items = self.cache.views[view].items
+            return pb.ListResponse(
+                records=[
+                    pb.Event(key=k, value=it.value, mod_revision=it.mod_revision)
+                    for k, it in sorted(items.items())
+                    if it.kind in kinds
+                ],
+                revision=self.cache.revision,
+            )
+
+        return await self._guard("List", context, body())

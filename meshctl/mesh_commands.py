@@ -1,0 +1,272 @@
+"""``meshctl apply -f``, ``delete -f`` and ``services``: talk to the selected cell's meshapi.
+
+Flow: the global ``--config``/``--context`` options (``cli``) -> ``ContextSelection.resolve`` ->
+``MeshClient`` (mTLS gRPC) -> the meshapi admin API (``ApplyManifest``, ``DeleteManifest``,
+``List``) -> one line per service on stdout, warnings on stderr as ``warning: ...``. Each command
+runs its own event loop (``asyncio.run``). Every failure -- a context problem, a TLS directory
+that does not load, a ``MeshApiError`` -- becomes a one-line ``click.ClickException`` (exit 1)
+carrying the server's message; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import click
+
+from meshcore.client import (
+    AccessDenied,
+    ManifestResult,
+    MeshApiError,
+    MeshClient,
+    PeerProtocolError,
+    PeerUnavailable,
+    RequestRejected,
+)
+from meshcore.model import Endpoint, Frontend, Kind, RecordError, Service, parse_key
+from meshcore.tls import TlsConfigError
+from meshctl.contexts import Context, ContextError, ContextSelection
+
+__all__ = [
+    "apply_command",
+    "delete_command",
+    "describe_mesh_error",
+    "format_table",
+    "services_command",
+]
+
+
+def describe_mesh_error(e: MeshApiError, ctx: Context) -> str:
+    """A one-line message for a meshapi failure: who refused, and the server's own words."""
+    address = ctx.server
+    text = str(e)
+    # The client formats errors as "<address>: <CODE>: <details>"; keep only the details.
+    for prefix in (f"{address}: {e.code}: ", f"{address}: "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    if isinstance(e, AccessDenied):
+        return f"access denied by {address}: {text}"
+    if isinstance(e, RequestRejected):
+        return f"rejected by {address}: {text}"
+    if isinstance(e, PeerUnavailable):
+        return f"cannot reach meshapi at {address} (context {ctx.name!r}): {text}"
+    if isinstance(e, PeerProtocolError):
+        return f"unexpected answer from {address}: {text}"
+    return f"{address}: {text}"
+
+
+@contextmanager
+def _reported_errors(ctx: Context | None = None) -> Iterator[None]:
+    """Turn context and meshapi errors into one-line click errors (exit 1)."""
+    try:
+        yield
+    except ContextError as e:
+        raise click.ClickException(str(e)) from e
+    except TlsConfigError as e:
+        name = ctx.name if ctx is not None else "?"
+        raise click.ClickException(f"context {name!r}: cannot load TLS files: {e}") from e
+    except MeshApiError as e:
+        if ctx is None:  # pragma: no cover - a client exists only once a context is resolved
+            raise click.ClickException(str(e)) from e
+        raise click.ClickException(describe_mesh_error(e, ctx)) from e
+
+
+def _selected_context(selection: ContextSelection) -> Context:
+    with _reported_errors():
+        return selection.resolve()
+
+
+def _client(ctx: Context) -> MeshClient:
+    return MeshClient(ctx.server, ctx.tls_dir, server_name=ctx.server_name)
+
+
+def _shown_key(key: str) -> str:
+    """``service/<ns>/<name>`` for a service key; other keys as they are."""
+    try:
+        parts = parse_key(key)
+    except RecordError:
+        return key
+    if parts.kind is Kind.SERVICE:
+        return "service/" + "/".join(parts.rest)
+    return key
+
+
+def _read(file: TextIO) -> tuple[str, str]:
+    """The file's name (``<stdin>`` for ``-``) and its text."""
+    source = str(getattr(file, "name", "-"))
+    try:
+        return source, file.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise click.ClickException(f"cannot read {source}: {e}") from e
+
+
+def _report(result: ManifestResult, source: str, verb: str) -> None:
+    for key in result.keys:
+        click.echo(f"{_shown_key(key)} {verb}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not result.keys:
+        click.echo(f"warning: {source}: no Service documents", err=True)
+
+
+async def _send_manifests(ctx: Context, files: Sequence[TextIO], *, delete: bool) -> None:
+    async with _client(ctx) as client:
+        for file in files:
+            source, text = _read(file)
+            if delete:
+                _report(await client.delete_manifest(text, source=source), source, "deleted")
+            else:
+                _report(await client.apply_manifest(text, source=source), source, "applied")
+
+
+_FILES_OPTION = click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.File("r", encoding="utf-8"),
+    help="YAML file of v1 Service manifests ('-' reads stdin); repeatable.",
+)
+
+
+@click.command("apply")
+@_FILES_OPTION
+@click.pass_obj
+def apply_command(selection: ContextSelection, files: tuple[TextIO, ...]) -> None:
+    """Create or update the cell's services from Kubernetes Service manifests."""
+    ctx = _selected_context(selection)
+    with _reported_errors(ctx):
+        asyncio.run(_send_manifests(ctx, files, delete=False))
+
+
+@click.command("delete")
+@_FILES_OPTION
+@click.pass_obj
+def delete_command(selection: ContextSelection, files: tuple[TextIO, ...]) -> None:
+    """Delete the cell's services named by Kubernetes Service manifests."""
+    ctx = _selected_context(selection)
+    with _reported_errors(ctx):
+        asyncio.run(_send_manifests(ctx, files, delete=True))
+
+
+# ---- services ----------------------------------------------------------------------------
+
+
+ServiceRow = tuple[Service, list[Endpoint]]
+
+
+async def _fetch_services(ctx: Context) -> list[ServiceRow]:
+    """The cell's services, sorted by namespace/name, each with its endpoints sorted by address."""
+    async with _client(ctx) as client:
+        records, _revision = await client.list([Kind.SERVICE, Kind.ENDPOINT])
+    services: dict[tuple[str, str], Service] = {}
+    endpoints: dict[tuple[str, str], list[Endpoint]] = {}
+    for _key, record in records:
+        if isinstance(record, Service):
+            services[record.namespace, record.name] = record
+        elif isinstance(record, Endpoint):
+            endpoints.setdefault((record.namespace, record.service), []).append(record)
+    return [
+        (
+            services[ref],
+            sorted(endpoints.get(ref, []), key=lambda ep: (ep.address.version, ep.address)),
+        )
+        for ref in sorted(services)
+    ]
+
+
+def _frontend_text(frontend: Frontend) -> str:
+    vip = f"[{frontend.vip}]" if frontend.vip.version == 6 else str(frontend.vip)
+    return f"{vip}:{frontend.port}/{frontend.protocol}"
+
+
+def _service_json(service: Service, endpoints: list[Endpoint]) -> dict[str, Any]:
+    return {
+        "cell": service.cell,
+        "namespace": service.namespace,
+        "name": service.name,
+        "global": service.global_,
+        "shared": service.shared,
+        "affinity": service.affinity.value,
+        "frontends": [
+            {"name": f.name, "vip": str(f.vip), "port": f.port, "protocol": f.protocol}
+            for f in service.frontends
+        ],
+        "warnings": list(service.warnings),
+        "endpoints": [
+            {
+                "address": str(ep.address),
+                "node": ep.node,
+                "ports": [
+                    {"name": p.name, "port": p.port, "protocol": p.protocol} for p in ep.ports
+                ],
+                "ready": ep.ready,
+                "serving": ep.serving,
+                "terminating": ep.terminating,
+            }
+            for ep in endpoints
+        ],
+    }
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns separated by three spaces, kubectl style."""
+    table = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _services_table(rows: list[ServiceRow]) -> str:
+    headers = ("NAMESPACE/NAME", "GLOBAL", "SHARED", "AFFINITY", "FRONTENDS", "BACKENDS")
+    lines = [
+        (
+            f"{svc.namespace}/{svc.name}",
+            _yes_no(svc.global_),
+            _yes_no(svc.shared),
+            svc.affinity.value,
+            ",".join(_frontend_text(f) for f in svc.frontends) or "<none>",
+            f"{sum(ep.ready for ep in endpoints)}/{len(endpoints)}",
+        )
+        for svc, endpoints in rows
+    ]
+    return format_table(headers, lines)
+
+
+@click.command("services")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.pass_obj
+def services_command(selection: ContextSelection, output: str) -> None:
+    """List the cell's services with their frontends and backends."""
+    ctx = _selected_context(selection)
+    with _reported_errors(ctx):
+        rows = asyncio.run(_fetch_services(ctx))
+    if output == "json":
+        click.echo(json.dumps([_service_json(svc, eps) for svc, eps in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"No services in context {ctx.name!r}.", err=True)
+        return
+    click.echo(_services_table(rows))
+    for svc, _endpoints in rows:
+        for warning in svc.warnings:
+            click.echo(f"warning: {svc.namespace}/{svc.name}: {warning}", err=True)

@@ -1,0 +1,145 @@
+"""Fixtures shared by the suite: a real mesh PKI, real etcd processes, in-process meshapi.
+
+Everything a fixture starts is stopped by its finalizer, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+
+from certs import Role, create_ca, issue_certificate
+from meshapi.app import MeshApiApp, MeshApiConfig
+from meshcore.localetcd import LocalEtcd
+
+TRUST_DOMAIN = "mesh.test"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A mesh CA and a TLS directory per (cell, role[, node])."""
+
+    root: Path
+    ca_dir: Path
+
+    def tls(self, cell: str, role: Role, *, node: str | None = None) -> Path:
+        out = self.root / f"{cell}-{role}{'-' + node if node else ''}"
+        if not out.exists():
+            issue_certificate(ca_dir=self.ca_dir, cell=cell, role=role, out_dir=out, node=node)
+        return out
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    # Backdated, so the same CA can also issue a certificate that has already expired.
+    create_ca(
+        trust_domain=TRUST_DOMAIN, out_dir=root / "ca", now=datetime.now(UTC) - timedelta(days=30)
+    )
+    return Pki(root, root / "ca")
+
+
+@pytest.fixture(scope="session")
+def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A second CA with the same trust domain: its certificates must be refused."""
+    root = tmp_path_factory.mktemp("foreign-pki")
+    create_ca(trust_domain=TRUST_DOMAIN, out_dir=root / "ca")
+    return Pki(root, root / "ca")
+
+
+@pytest.fixture(scope="session")
+def expired_admin_tls(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("expired") / "alpha-admin"
+    issue_certificate(
+        ca_dir=pki.ca_dir,
+        cell="alpha",
+        role=Role.ADMIN,
+        out_dir=out,
+        days=1,
+        now=datetime.now(UTC) - timedelta(days=10),
+    )
+    return out
+
+
+@pytest.fixture
+def etcd_factory(tmp_path: Path) -> Iterator[Callable[[str], LocalEtcd]]:
+    """Start real etcd processes on free loopback ports; all are stopped at the end."""
+    started: list[LocalEtcd] = []
+
+    def start(name: str = "etcd") -> LocalEtcd:
+        etcd = LocalEtcd(data_dir=tmp_path / name / "data")
+        started.append(etcd)
+        etcd.start()
+        return etcd
+
+    yield start
+    for etcd in started:
+        etcd.stop()
+        shutil.rmtree(etcd.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd(etcd_factory: Callable[[str], LocalEtcd]) -> LocalEtcd:
+    return etcd_factory("etcd")
+
+
+CELL_CIDRS = {
+    "alpha": ("10.1.0.0/16", "192.168.1.0/24"),
+    "beta": ("10.2.0.0/16", "192.168.2.0/24"),
+    "gamma": ("10.3.0.0/16", "192.168.3.0/24"),
+}
+CELL_IDS = {"alpha": 1, "beta": 2, "gamma": 3}
+
+MeshApiFactory = Callable[..., Awaitable[MeshApiApp]]
+
+
+@pytest.fixture
+async def meshapi_factory(pki: Pki) -> AsyncIterator[MeshApiFactory]:
+    """Start in-process meshapi servers (real gRPC + mTLS + etcd); all stopped at the end."""
+    running: list[MeshApiApp] = []
+
+    async def start(
+        cell: str, etcd: LocalEtcd, *, port: int = 0, history_events: int = 100_000
+    ) -> MeshApiApp:
+        pod, nodes = CELL_CIDRS[cell]
+        app = MeshApiApp(
+            MeshApiConfig(
+                cell=cell,
+                cell_id=CELL_IDS[cell],
+                pod_cidrs=(ip_network(pod),),
+                node_cidrs=(ip_network(nodes),),
+                etcd_endpoints=(etcd.endpoint,),
+                listen=f"127.0.0.1:{port}",
+                tls_dir=pki.tls(cell, Role.MESHAPI),
+                http="127.0.0.1:0",
+                heartbeat_interval=0.5,
+                history_events=history_events,
+            )
+        )
+        running.append(app)
+        await app.start()
+        await app.wait_ready()
+        return app
+
+    yield start
+    for app in running:
+        await app.stop()
+
+
+async def wait_for(
+    condition: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait on a condition with a deadline (never a bare sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)

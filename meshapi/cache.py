@@ -83,14 +83,18 @@ class PublishedBatch:
     revision: int
     events: tuple[ViewEvent, ...]
     epoch: str
-    _encoded: dict[frozenset[Kind], bytes | None] = field(default_factory=dict)
+    _encoded: dict[frozenset[Kind], tuple[bytes, int] | None] = field(default_factory=dict)
 
-    def encoded(self, kinds: frozenset[Kind]) -> bytes | None:
-        """The bytes for watchers of `kinds` (None: nothing for them). Serialized once."""
+    def encoded(self, kinds: frozenset[Kind]) -> tuple[bytes, int] | None:
+        """(bytes, event count) for watchers of `kinds`, None when nothing is for them.
+        Serialized once, however many watchers receive it."""
         if kinds not in self._encoded:
             events = [ev for ev in self.events if ev.kind in kinds]
             self._encoded[kinds] = (
-                encode_batch(events, revision=self.revision, synced=False, epoch=self.epoch)
+                (
+                    encode_batch(events, revision=self.revision, synced=False, epoch=self.epoch),
+                    len(events),
+                )
                 if events
                 else None
             )
@@ -115,6 +119,8 @@ class CacheStats:
     resumes_from_store: int = 0
     resumes_refused: int = 0
     slow_watchers_dropped: int = 0
+    batches_sent: int = 0
+    events_sent: int = 0
     bad_records: Counter[str] = field(default_factory=Counter)
 
 
@@ -349,6 +355,8 @@ class WatchCache:
             for i in range(0, max(len(initial), 1), LISTING_CHUNK):
                 chunk = initial[i : i + LISTING_CHUNK]
                 last = i + LISTING_CHUNK >= len(initial)
+                self.stats.batches_sent += 1
+                self.stats.events_sent += len(chunk)
                 yield encode_batch(chunk, revision=at, synced=last, epoch=self.epoch)
             while True:
                 batch = await sub.queue.get()
@@ -356,9 +364,11 @@ class WatchCache:
                     raise batch
                 if batch.revision <= at:
                     continue
-                data = batch.encoded(kinds)
-                if data is not None:
-                    yield data
+                encoded = batch.encoded(kinds)
+                if encoded is not None:
+                    self.stats.batches_sent += 1
+                    self.stats.events_sent += encoded[1]
+                    yield encoded[0]
         finally:
             self._subscribers.discard(sub)
 

@@ -60,6 +60,12 @@ class MeshApiCollector(Collector):
         yield CounterMetricFamily(
             "meshapi_batches_published", "Batches published to views", value=stats.batches_published
         )
+        yield CounterMetricFamily(
+            "meshapi_events_sent", "Events sent to watchers", value=stats.events_sent
+        )
+        yield CounterMetricFamily(
+            "meshapi_batches_sent", "Batches sent to watchers", value=stats.batches_sent
+        )
         yield CounterMetricFamily("meshapi_relists", "Relists of etcd", value=stats.relists)
         yield CounterMetricFamily(
             "meshapi_slow_watchers_dropped",

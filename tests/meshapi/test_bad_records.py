@@ -72,12 +72,15 @@ async def test_garbage_in_etcd_is_counted_skipped_and_never_streamed(
         metrics = await asyncio.to_thread(http_get, app.http_port, "/metrics")
         assert 'meshapi_bad_records_total{kind="services"} 1.0' in metrics
         assert 'meshapi_bad_records_total{kind="unknown"} 1.0' in metrics
+        assert 'meshapi_watchers{view="full"} 1.0' in metrics
+        assert 'meshapi_requests_total{code="OK",method="Write"}' in metrics
+        sent = [ln for ln in metrics.splitlines() if ln.startswith("meshapi_events_sent_total")]
+        assert len(sent) == 1
+        assert float(sent[0].split()[-1]) >= 3
         status = json.loads(await asyncio.to_thread(http_get, app.http_port, "/status"))
         assert set(status["bad_keys"]) == set(garbage)
-        assert (
-            "not a valid" in status["bad_keys"]["cellmesh/v1/nodes/alpha/n1"].lower()
-            or status["bad_keys"]["cellmesh/v1/nodes/alpha/n1"]
-        )
+        reason = status["bad_keys"]["cellmesh/v1/nodes/alpha/n1"]
+        assert reason == "addresses[0]: 'not-an-ip' is not an IPv4 or IPv6 address"
         assert await asyncio.to_thread(http_get, app.http_port, "/readyz") == "ready\n"
         # A full relist by a new watcher skips the garbage too.
         async with running_watcher(

@@ -9,7 +9,11 @@ VENV_STAMP := .setup-stamp-venv
 
 .PHONY: setup test lint unit proto proto-check clean
 
-setup: $(APT_STAMP) $(VENV_STAMP)
+setup: $(APT_STAMP) $(VENV_STAMP) bpf/sock_lb.o
+
+# The eBPF socket load balancer (see ../shared/DEPENDENCIES.md for the flags).
+bpf/sock_lb.o: bpf/sock_lb.c bpf/lb_maps.h $(APT_STAMP)
+	clang -O2 -g -Wall -Werror -target bpf -I/usr/include/x86_64-linux-gnu -c $< -o $@
 
 # apt-get update runs once (when a package is missing), never on every test run.
 $(APT_STAMP):

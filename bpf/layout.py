@@ -45,6 +45,7 @@ class ProgramSpec:
     name: str
     section: str
     attach_type: int  # enum bpf_attach_type
+    attach_name: str  # the kernel's name of that attach type, as `bpftool cgroup show` prints it
 
 
 BPF_CGROUP_INET4_CONNECT: Final = 10
@@ -53,10 +54,17 @@ BPF_CGROUP_UDP4_RECVMSG: Final = 19
 BPF_CGROUP_INET4_GETPEERNAME: Final = 29
 
 PROGRAMS: Final = (
-    ProgramSpec("sock4_connect", "cgroup/connect4", BPF_CGROUP_INET4_CONNECT),
-    ProgramSpec("sock4_sendmsg", "cgroup/sendmsg4", BPF_CGROUP_UDP4_SENDMSG),
-    ProgramSpec("sock4_recvmsg", "cgroup/recvmsg4", BPF_CGROUP_UDP4_RECVMSG),
-    ProgramSpec("sock4_getpeername", "cgroup/getpeername4", BPF_CGROUP_INET4_GETPEERNAME),
+    ProgramSpec(
+        "sock4_connect", "cgroup/connect4", BPF_CGROUP_INET4_CONNECT, "cgroup_inet4_connect"
+    ),
+    ProgramSpec("sock4_sendmsg", "cgroup/sendmsg4", BPF_CGROUP_UDP4_SENDMSG, "cgroup_udp4_sendmsg"),
+    ProgramSpec("sock4_recvmsg", "cgroup/recvmsg4", BPF_CGROUP_UDP4_RECVMSG, "cgroup_udp4_recvmsg"),
+    ProgramSpec(
+        "sock4_getpeername",
+        "cgroup/getpeername4",
+        BPF_CGROUP_INET4_GETPEERNAME,
+        "cgroup_inet4_getpeername",
+    ),
 )
 
 # --- constants shared with the C -------------------------------------------------------
@@ -85,14 +93,6 @@ FIELD_OFFSETS: Final[dict[str, dict[str, int]]] = {
     "lb4_sk_value": {"address": 0, "port": 4, "rev_nat_id": 6},
 }
 
-STRUCT_SIZES: Final[dict[str, int]] = {
-    "lb4_key": 12,
-    "lb4_service": 12,
-    "lb4_backend": 12,
-    "lb4_reverse_nat": 8,
-    "lb4_sk_key": 16,
-    "lb4_sk_value": 8,
-}
 
 # "=": host byte order, no alignment padding (padding is spelled out as fields).
 # Addresses and ports are packed as raw big-endian bytes ("4s" / "2s").
@@ -259,6 +259,8 @@ class Lb4SkValue:
 
 
 LAYOUTS: Final = (Lb4Key, Lb4Service, Lb4Backend, Lb4ReverseNat, Lb4SkKey, Lb4SkValue)
+# Sizes come from the codecs themselves; the test holds them against the object's BTF.
+STRUCT_SIZES: Final[dict[str, int]] = {layout.C_NAME: layout.SIZE for layout in LAYOUTS}
 
 
 def pack_backend_id(backend_id: int) -> bytes:

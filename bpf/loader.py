@@ -13,21 +13,13 @@ import ctypes
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpf.layout import MAP_NAMES, PROGRAMS
 from bpf.libbpf import LibbpfError, check_int, check_ptr, lib, take_log
 
 BPFFS = Path("/sys/fs/bpf")
-# Program name in the object -> its cgroup attach type as `bpftool cgroup show` names it.
-PROGRAMS: Mapping[str, str] = {
-    "sock4_connect": "cgroup_inet4_connect",
-    "sock4_sendmsg": "cgroup_udp4_sendmsg",
-    "sock4_recvmsg": "cgroup_udp4_recvmsg",
-    "sock4_getpeername": "cgroup_inet4_getpeername",
-}
-MAPS = ("cm_lb4_services", "cm_lb4_backends", "cm_lb4_reverse_nat", "cm_lb4_reverse_sk")
 
 
 class LoaderError(RuntimeError):
@@ -86,7 +78,7 @@ class SockLbLoader:
                 "bpf_object__open_file", lib.bpf_object__open_file(bytes(self.object_path), None)
             )
             self._obj = obj
-            for name in MAPS:
+            for name in MAP_NAMES:
                 m = check_ptr(
                     f"find map {name}", lib.bpf_object__find_map_by_name(obj, name.encode())
                 )
@@ -105,7 +97,7 @@ class SockLbLoader:
             self.load()
         fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name in PROGRAMS:
+            for name in (spec.name for spec in PROGRAMS):
                 prog = check_ptr(
                     f"find program {name}",
                     lib.bpf_object__find_program_by_name(self._obj, name.encode()),

@@ -12,6 +12,7 @@ import click
 
 from meshapi.app import ConfigError, MeshApiApp, MeshApiConfig
 from meshcore.logs import configure_logging
+from meshcore.model import check_cell_name
 
 
 def _host_port(value: str, flag: str) -> str:
@@ -61,11 +62,9 @@ def main(
     log_level: str,
 ) -> None:
     """Serve one cell's records to its agents and its connected peers (gRPC over mTLS)."""
-    from meshcore.model import RecordError, cell_key
-
     try:
-        cell_key(cell)  # validates nothing by itself; CellConfig below does
-    except RecordError as e:
+        check_cell_name(cell)
+    except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--cell") from e
     config = MeshApiConfig(
         cell=cell,

@@ -50,6 +50,19 @@ class Abort(Exception):
         self.details = details
 
 
+# Every failure a handler turns into a status (see MeshApiService._status_of).
+_FAILURES = (
+    Abort,
+    Denied,
+    RecordError,
+    ManifestError,
+    ResumeUnavailable,
+    WatcherTooSlow,
+    StoreUnavailable,
+    TimeoutError,
+)
+
+
 def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> MeshIdentity:
     auth = context.auth_context()
     pems = list(auth.get("x509_pem_cert") or [])
@@ -120,22 +133,27 @@ class MeshApiService:
         code = grpc.StatusCode.OK
         try:
             return await body
-        except Abort as e:
-            code = e.code
-            await context.abort(e.code, e.details)
-        except Denied as e:
-            code = grpc.StatusCode.PERMISSION_DENIED
-            self.denied[method] += 1
-            await context.abort(code, str(e))
-        except (RecordError, ManifestError) as e:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, str(e))
-        except (StoreUnavailable, TimeoutError) as e:
-            code = grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, f"store unavailable: {e or 'timed out'}")
+        except _FAILURES as e:
+            code, details = self._status_of(method, e)
+            await context.abort(code, details)
         finally:
             self.requests[(method, code.name)] += 1
         raise AssertionError("unreachable")  # context.abort always raises
+
+    def _status_of(self, method: str, e: Exception) -> tuple[grpc.StatusCode, str]:
+        """The one mapping from an error to the status a client acts on."""
+        if isinstance(e, Abort):
+            return e.code, e.details
+        if isinstance(e, Denied):
+            self.denied[method] += 1
+            return grpc.StatusCode.PERMISSION_DENIED, str(e)
+        if isinstance(e, RecordError | ManifestError):
+            return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        if isinstance(e, ResumeUnavailable):
+            return grpc.StatusCode.OUT_OF_RANGE, f"{wire.RESUME_UNAVAILABLE}: {e}"
+        if isinstance(e, WatcherTooSlow):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
+        return grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e or 'timed out'}"
 
     # ---- MeshApi ------------------------------------------------------------------------
 
@@ -160,22 +178,9 @@ class MeshApiService:
                     yield data
             finally:
                 self.watchers[view] -= 1
-        except Abort as e:
-            code = e.code
-            await context.abort(e.code, e.details)
-        except Denied as e:
-            code = grpc.StatusCode.PERMISSION_DENIED
-            self.denied["Watch"] += 1
-            await context.abort(code, str(e))
-        except ResumeUnavailable as e:
-            code = grpc.StatusCode.OUT_OF_RANGE
-            await context.abort(code, f"{wire.RESUME_UNAVAILABLE}: {e}")
-        except WatcherTooSlow as e:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-            await context.abort(code, str(e))
-        except StoreUnavailable as e:
-            code = grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, f"store unavailable: {e}")
+        except _FAILURES as e:
+            code, details = self._status_of("Watch", e)
+            await context.abort(code, details)
         finally:
             self.requests[("Watch", code.name)] += 1
 

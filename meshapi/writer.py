@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
+from meshapi.etcd_adapter import StoreError
 from meshcore.model import Kind, SyncCanary, encode_record, synced_key
 
 log = structlog.get_logger("meshapi.writer")
@@ -53,7 +55,8 @@ class RecordWriter:
     def __init__(self, store: WriteStore, *, cell: str) -> None:
         self._store = store
         self._cell = cell
-        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._pending: deque[_Op] = deque()
+        self._wakeup = asyncio.Event()
         self._owned: dict[str, bytes] = {}
         self.stats = WriterStats()
 
@@ -67,8 +70,14 @@ class RecordWriter:
         self, *, puts: Sequence[tuple[str, bytes]] = (), deletes: Sequence[str] = ()
     ) -> asyncio.Future[int]:
         """Queue a write without waiting (a source's bulk sync); the future gives its revision."""
-        op = _Op(list(puts), list(deletes), asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(op)
+        return self._enqueue(puts, deletes, canary=False)
+
+    def _enqueue(
+        self, puts: Sequence[tuple[str, bytes]], deletes: Sequence[str], *, canary: bool
+    ) -> asyncio.Future[int]:
+        op = _Op(list(puts), list(deletes), asyncio.get_running_loop().create_future(), canary)
+        self._pending.append(op)
+        self._wakeup.set()
         return op.done
 
     def own(self, key: str, value: bytes) -> asyncio.Future[int]:
@@ -82,9 +91,7 @@ class RecordWriter:
         value = encode_record(SyncCanary(cell=self._cell, kind=kind, timestamp=time.time()))
         self._owned[key] = value
         self.stats.synced_kinds.add(kind)
-        op = _Op([(key, value)], [], asyncio.get_running_loop().create_future(), canary=True)
-        self._queue.put_nowait(op)
-        return op.done
+        return self._enqueue([(key, value)], [], canary=True)
 
     def reassert_owned(self) -> asyncio.Future[int]:
         """Write every owned record again (after the store was wiped)."""
@@ -92,16 +99,26 @@ class RecordWriter:
 
     async def run(self) -> None:
         while True:
-            ops = [await self._queue.get()]
-            count = len(ops[0].puts) + len(ops[0].deletes)
-            # A canary always travels alone, after everything before it.
-            while not ops[-1].canary and not self._queue.empty() and count < MAX_BATCH_OPS:
-                nxt = self._queue._queue[0]  # type: ignore[attr-defined]
-                if nxt.canary:
-                    break
-                ops.append(self._queue.get_nowait())
-                count += len(nxt.puts) + len(nxt.deletes)
-            await self._land(ops)
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._land(self._next_batch())
+
+    def _next_batch(self) -> list[_Op]:
+        """The oldest pending ops up to the batch limit; a canary always travels alone, after
+        everything queued before it."""
+        ops = [self._pending.popleft()]
+        count = len(ops[0].puts) + len(ops[0].deletes)
+        while (
+            not ops[0].canary
+            and self._pending
+            and not self._pending[0].canary
+            and count < MAX_BATCH_OPS
+        ):
+            op = self._pending.popleft()
+            ops.append(op)
+            count += len(op.puts) + len(op.deletes)
+        return ops
 
     async def _land(self, ops: list[_Op]) -> None:
         puts = [p for op in ops for p in op.puts]
@@ -111,7 +128,7 @@ class RecordWriter:
             try:
                 revision = await self._store.write(puts=puts, deletes=deletes)
                 break
-            except Exception as e:  # the store's errors are retriable by design
+            except StoreError as e:  # unavailable or rejected for now: retry, keep the order
                 self.stats.failures += 1
                 log.warning("Write failed, retrying", error=str(e), ops=len(puts) + len(deletes))
                 await asyncio.sleep(delay)

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from bpf.loader import MAPS, PROGRAMS, LoaderError, SockLbLoader
+from bpf.layout import MAP_NAMES, PROGRAMS
+from bpf.loader import LoaderError, SockLbLoader
 from tests.bpf.conftest import attachments
 
 
 def test_attach_pins_maps_and_links(loader: SockLbLoader, cgroup: Path) -> None:
     loader.attach(cgroup)
-    assert sorted(attachments(cgroup)) == sorted(PROGRAMS.values())
-    assert sorted(p.name for p in loader.maps_dir.iterdir()) == sorted(MAPS)
-    assert sorted(p.name for p in loader.links_dir.iterdir()) == sorted(PROGRAMS)
+    assert sorted(attachments(cgroup)) == sorted(p.attach_name for p in PROGRAMS)
+    assert sorted(p.name for p in loader.maps_dir.iterdir()) == sorted(MAP_NAMES)
+    assert sorted(p.name for p in loader.links_dir.iterdir()) == sorted(p.name for p in PROGRAMS)
 
 
 def test_pins_survive_the_loader_and_a_second_start_does_not_duplicate(
@@ -25,9 +26,9 @@ def test_pins_survive_the_loader_and_a_second_start_does_not_duplicate(
     try:
         first.attach(cgroup)
         first.close()  # the "agent" exits: the datapath stays
-        assert sorted(attachments(cgroup)) == sorted(PROGRAMS.values())
+        assert sorted(attachments(cgroup)) == sorted(p.attach_name for p in PROGRAMS)
         second.attach(cgroup)  # a restarted agent reuses the pins
-        assert sorted(attachments(cgroup)) == sorted(PROGRAMS.values())
+        assert sorted(attachments(cgroup)) == sorted(p.attach_name for p in PROGRAMS)
         second.close()
     finally:
         second.unpin()

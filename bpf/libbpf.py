@@ -100,6 +100,14 @@ _sig(
     ctypes.c_int, ctypes.c_int, c_void_p, c_void_p, ctypes.POINTER(ctypes.c_uint32), c_void_p,
 )  # fmt: skip
 _sig(
+    "bpf_map_lookup_batch",
+    ctypes.c_int, ctypes.c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+    ctypes.POINTER(ctypes.c_uint32), c_void_p,
+)  # fmt: skip
+_sig(
+    "bpf_obj_get_info_by_fd", ctypes.c_int, ctypes.c_int, c_void_p, ctypes.POINTER(ctypes.c_uint32)
+)
+_sig(
     "bpf_map_delete_batch",
     ctypes.c_int, ctypes.c_int, c_void_p, ctypes.POINTER(ctypes.c_uint32), c_void_p,
 )  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from meshctl.bpf_commands import bpf_group
 from meshctl.certs_commands import ca_group, certs_group
 from meshctl.contexts import (
     DEFAULT_CONFIG_PATH,
@@ -174,6 +175,7 @@ cli.add_command(certs_group)
 cli.add_command(apply_command)
 cli.add_command(delete_command)
 cli.add_command(services_command)
+cli.add_command(bpf_group)
 
 
 def main() -> None:

@@ -1,0 +1,461 @@
+"""`LbMaps`: the one interface through which the node agent programs the load balancer maps.
+
+The agent thinks in services (a frontend and its ordered backend ids) and backends (id → address);
+`LbMaps` turns a diff of those into map writes, ordered make-before-break so a concurrent
+`connect()` only ever sees a valid backend:
+
+1. new and changed backends;
+2. reverse-NAT entries of new and changed services;
+3. the backend slots (1..N) of new and changed services, then their master entries (slot 0, with
+   the new count), then the slots past the new count;
+4. deleted services: master first (the service is gone for the datapath at once), then slots;
+5. backends and reverse-NAT entries no service uses any more.
+
+Every step is one batched syscall per map (chunks of `BATCH_MAX`). `apply` validates the whole
+diff before it writes anything: a bad diff raises `InvalidDiff` and never reaches the maps. When a
+write fails `apply` raises `LbMapsError`, and the in-memory view (`state`) holds only what surely
+landed; a service caught half-written is dropped from the view (so the next diff rewrites it)
+while its backends stay protected from deletion. Retrying the same diff, or the diff between
+`state` and the desired state, converges.
+
+Three implementations share that logic and differ only in three primitives (write, delete, read
+raw entries): `PinnedLbMaps` (bpf/pinned_maps.py: the kernel's pinned maps), `FakeLbMaps` (dicts
+of packed bytes, the same encodings and size limits) and `FaultyLbMaps` (wraps either; fails at a
+set probability, after writing a random part of the batch).
+
+`dump()` reads the maps themselves (not the view) into a canonical, sorted text form;
+`restore()` reads them back into the view after an agent restart.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from bpf.layout import (
+    BACKEND_ID_SIZE,
+    BACKENDS_MAP,
+    BACKENDS_MAX,
+    REV_NAT_ID_SIZE,
+    REVERSE_NAT_MAP,
+    REVERSE_NAT_MAX,
+    SERVICES_MAP,
+    SERVICES_MAX,
+    Lb4Backend,
+    Lb4Key,
+    Lb4ReverseNat,
+    Lb4Service,
+    pack_backend_id,
+    pack_rev_nat_id,
+)
+from bpf.lbstate import (
+    BACKEND_ID_MAX,
+    CELL_ID_MAX,
+    PROTO_NAMES,
+    REV_NAT_ID_MAX,
+    SCOPE_NAMES,
+    SLOTS_MAX,
+    Frontend,
+    LbDiff,
+    LbState,
+    MapContents,
+    ServiceEntry,
+    decode_maps,
+    format_dump,
+)
+
+_T = TypeVar("_T")
+
+BATCH_MAX: Final = 8192
+
+# The maps LbMaps writes, with their key/value sizes and capacities.
+MAP_SHAPES: Final = {
+    SERVICES_MAP: (Lb4Key.SIZE, Lb4Service.SIZE, SERVICES_MAX),
+    BACKENDS_MAP: (BACKEND_ID_SIZE, Lb4Backend.SIZE, BACKENDS_MAX),
+    REVERSE_NAT_MAP: (REV_NAT_ID_SIZE, Lb4ReverseNat.SIZE, REVERSE_NAT_MAX),
+}
+
+
+class LbMapsError(RuntimeError):
+    """A map operation failed; the view holds what surely landed. Retry the diff."""
+
+
+class InvalidDiff(ValueError):
+    """The diff is refused as a whole before anything is written; the message names the entry."""
+
+
+@dataclass
+class LbMapsStats:
+    batch_calls: int = 0  # batch syscalls (or fake equivalents)
+    single_calls: int = 0  # per-element syscalls
+    entries_written: int = 0
+    entries_deleted: int = 0
+    failed_applies: int = 0
+
+
+# --- the shared logic ------------------------------------------------------------------------
+
+
+class LbMaps(ABC):
+    """Program the LB maps from diffs; keep an in-memory view of what landed."""
+
+    def __init__(self) -> None:
+        self.stats = LbMapsStats()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._view = LbState()
+        self._rev_nat: dict[int, Lb4ReverseNat] = {}
+        self._rev_nat_owner: dict[int, Frontend] = {}
+        # Backend ids each frontend's slots 1..count may hold (old and new while half-written).
+        self._possible: dict[Frontend, frozenset[int]] = {}
+        self._refs: Counter[int] = Counter()
+        # Highest slot that may exist in the map per frontend; > count means stale slots.
+        self._slots_high: dict[Frontend, int] = {}
+        self._unclean: set[Frontend] = set()
+        self._pending_backends: set[int] = set()
+        self._pending_rev_nat: set[int] = set()
+
+    # primitives -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write every item; on failure raise LbMapsError (a part may have landed)."""
+
+    @abstractmethod
+    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
+        """Delete every key; missing keys are fine. On failure raise LbMapsError."""
+
+    @abstractmethod
+    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of the map, packed."""
+
+    # public ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> LbState:
+        """The view: what surely landed. Read-only for callers."""
+        return self._view
+
+    def contents(self) -> MapContents:
+        return decode_maps(
+            self._items(SERVICES_MAP), self._items(BACKENDS_MAP), self._items(REVERSE_NAT_MAP)
+        )
+
+    def backend_in_use(self, backend_id: int) -> bool:
+        """Whether a service in the maps may still send connections to this backend."""
+        return self._refs[backend_id] > 0
+
+    def dump(self) -> str:
+        """The maps' contents (read from the maps, not the view) as canonical text."""
+        return format_dump(self.contents())
+
+    def apply(self, diff: LbDiff) -> None:
+        self._validate(diff)
+        try:
+            self._apply(diff)
+        except LbMapsError:
+            self.stats.failed_applies += 1
+            raise
+
+    def restore(self) -> LbState:
+        """Rebuild the view from the maps (after a restart); returns it.
+
+        A service whose slots are incomplete is left out of the view (the next diff rewrites
+        it) but its backends stay protected; slots past a master's count and slots without a
+        master are queued for deletion at the next `apply`; nothing is deleted here.
+        """
+        contents = self.contents()
+        self._reset()
+        self._view.backends.update(contents.backends)
+        self._rev_nat.update(contents.reverse_nat)
+        for svc in contents.services:
+            fe = svc.frontend
+            present = frozenset(b for b in svc.backend_ids if b)
+            self._set_possible(fe, present)
+            self._slots_high[fe] = max(svc.slots, default=0)
+            ids = svc.backend_ids
+            complete = svc.count is not None and all(b in contents.backends for b in ids)
+            if complete:
+                self._view.services[fe] = ServiceEntry(svc.rev_nat_id, ids, svc.flags)
+                self._rev_nat_owner[svc.rev_nat_id] = fe
+            if not complete or svc.stale_slots:
+                self._unclean.add(fe)
+        self._pending_rev_nat.update(self._rev_nat.keys() - self._rev_nat_owner.keys())
+        return self._view
+
+    # validation -------------------------------------------------------------------------
+
+    def _validate(self, diff: LbDiff) -> None:
+        for bid, be in diff.backends.items():
+            where = f"backend {bid}"
+            if not 1 <= bid <= BACKEND_ID_MAX:
+                raise InvalidDiff(f"{where}: id out of range 1..{BACKEND_ID_MAX}")
+            if be is None:
+                continue
+            if not 1 <= be.port <= 0xFFFF:
+                raise InvalidDiff(f"{where}: port {be.port} out of range 1..65535")
+            if be.proto not in PROTO_NAMES:
+                raise InvalidDiff(f"{where}: protocol {be.proto} is not TCP or UDP")
+            if not 0 <= be.cell_id <= CELL_ID_MAX:
+                raise InvalidDiff(f"{where}: cell id {be.cell_id} out of range 0..{CELL_ID_MAX}")
+            if not 0 <= be.flags <= 0xFF:
+                raise InvalidDiff(f"{where}: flags {be.flags} do not fit a byte")
+            if be.address.is_unspecified:
+                raise InvalidDiff(f"{where}: address 0.0.0.0")
+
+        def backend_exists(bid: int) -> bool:
+            if bid in diff.backends:
+                return diff.backends[bid] is not None
+            return bid in self._view.backends
+
+        refs_delta: Counter[int] = Counter()
+        owners: dict[int, Frontend] = {}
+        for fe, entry in diff.services.items():
+            where = f"service {fe}"
+            if not 1 <= fe.port <= 0xFFFF:
+                raise InvalidDiff(f"{where}: port out of range 1..65535")
+            if fe.proto not in PROTO_NAMES:
+                raise InvalidDiff(f"{where}: protocol {fe.proto} is not TCP or UDP")
+            if fe.scope not in SCOPE_NAMES:
+                raise InvalidDiff(f"{where}: unknown scope {fe.scope}")
+            if fe.address.is_unspecified:
+                raise InvalidDiff(f"{where}: address 0.0.0.0")
+            refs_delta.subtract(self._possible.get(fe, frozenset()))
+            if entry is None:
+                continue
+            if not 1 <= entry.rev_nat_id <= REV_NAT_ID_MAX:
+                raise InvalidDiff(f"{where}: rev_nat_id {entry.rev_nat_id} out of range")
+            if len(entry.backend_ids) > SLOTS_MAX:
+                raise InvalidDiff(f"{where}: {len(entry.backend_ids)} backends > {SLOTS_MAX}")
+            if not 0 <= entry.flags <= 0xFF:
+                raise InvalidDiff(f"{where}: flags {entry.flags} do not fit a byte")
+            for bid in entry.backend_ids:
+                if not backend_exists(bid):
+                    raise InvalidDiff(f"{where}: backend {bid} does not exist")
+            refs_delta.update(set(entry.backend_ids))
+            other = owners.setdefault(entry.rev_nat_id, fe)
+            if other != fe:
+                raise InvalidDiff(f"{where}: rev_nat_id {entry.rev_nat_id} also used by {other}")
+            current = self._rev_nat_owner.get(entry.rev_nat_id)
+            if current is not None and current != fe and current not in diff.services:
+                raise InvalidDiff(
+                    f"{where}: rev_nat_id {entry.rev_nat_id} is used by service {current}"
+                )
+        for bid, be in diff.backends.items():
+            if be is None and self._refs[bid] + refs_delta[bid] > 0:
+                raise InvalidDiff(f"backend {bid}: deleted while a service still uses it")
+
+    # apply ------------------------------------------------------------------------------
+
+    def _apply(self, diff: LbDiff) -> None:
+        view = self._view
+        # 1. backends that new entries need.
+        ups = [(b, be) for b, be in diff.backends.items() if be is not None]
+        ups = [(b, be) for b, be in ups if view.backends.get(b) != be]
+        if ups:
+            self._update(BACKENDS_MAP, [(pack_backend_id(b), be.pack()) for b, be in ups])
+            for b, be in ups:
+                view.backends[b] = be
+                self._pending_backends.discard(b)
+
+        changed = {
+            fe: e for fe, e in diff.services.items() if e is not None and view.services.get(fe) != e
+        }
+        if changed:
+            self._write_services(changed)
+
+        gone = [
+            fe
+            for fe, e in diff.services.items()
+            if e is None and (fe in view.services or fe in self._slots_high)
+        ]
+        if gone:
+            self._delete_services(gone)
+
+        self._pending_backends.update(b for b, be in diff.backends.items() if be is None)
+        self._sweep()
+
+    def _write_services(self, changed: dict[Frontend, ServiceEntry]) -> None:
+        view = self._view
+        # 2. reverse NAT.
+        rn = {e.rev_nat_id: Lb4ReverseNat(fe.address, fe.port) for fe, e in changed.items()}
+        rn = {r: v for r, v in rn.items() if self._rev_nat.get(r) != v}
+        if rn:
+            self._update(REVERSE_NAT_MAP, [(pack_rev_nat_id(r), v.pack()) for r, v in rn.items()])
+            self._rev_nat.update(rn)
+        # 3. slots, then masters; the view forgets these services until the masters landed.
+        slots: list[tuple[bytes, bytes]] = []
+        for fe, entry in changed.items():
+            old = view.services.pop(fe, None)
+            old_ids = old.backend_ids if old else ()
+            if old is not None and self._rev_nat_owner.get(old.rev_nat_id) == fe:
+                del self._rev_nat_owner[old.rev_nat_id]
+                if old.rev_nat_id != entry.rev_nat_id:
+                    self._pending_rev_nat.add(old.rev_nat_id)
+            self._set_possible(fe, self._possible.get(fe, frozenset()) | set(entry.backend_ids))
+            for slot, bid in enumerate(entry.backend_ids, start=1):
+                if slot > len(old_ids) or old_ids[slot - 1] != bid:
+                    slots.append((fe.key(slot).pack(), Lb4Service(bid, 0, 0).pack()))
+            high = max(self._slots_high.get(fe, 0), len(entry.backend_ids))
+            self._slots_high[fe] = high
+        if slots:
+            self._update(SERVICES_MAP, slots)
+        masters = [
+            (fe.key().pack(), Lb4Service(0, len(e.backend_ids), e.rev_nat_id, e.flags).pack())
+            for fe, e in changed.items()
+        ]
+        self._update(SERVICES_MAP, masters)
+        for fe, entry in changed.items():
+            view.services[fe] = entry
+            self._rev_nat_owner[entry.rev_nat_id] = fe
+            self._pending_rev_nat.discard(entry.rev_nat_id)
+            self._set_possible(fe, frozenset(entry.backend_ids))
+            if self._slots_high[fe] > len(entry.backend_ids):
+                self._unclean.add(fe)
+            else:
+                self._unclean.discard(fe)
+
+    def _delete_services(self, gone: list[Frontend]) -> None:
+        view = self._view
+        # 4. masters first: the datapath stops translating at once.
+        self._delete(SERVICES_MAP, [fe.key().pack() for fe in gone])
+        for fe in gone:
+            old = view.services.pop(fe, None)
+            if old is not None and self._rev_nat_owner.get(old.rev_nat_id) == fe:
+                del self._rev_nat_owner[old.rev_nat_id]
+                self._pending_rev_nat.add(old.rev_nat_id)
+            self._set_possible(fe, frozenset())
+            self._slots_high.setdefault(fe, 0)
+            self._unclean.add(fe)
+
+    def _sweep(self) -> None:
+        """Delete what nothing reaches any more: stale slots, reverse NAT, unused backends."""
+        view = self._view
+        if self._unclean:
+            unclean = sorted(self._unclean)
+            keys: list[bytes] = []
+            for fe in unclean:
+                entry = view.services.get(fe)
+                if entry is None and fe in self._possible:
+                    continue  # half-written service: its next write fixes the slots
+                low = len(entry.backend_ids) + 1 if entry is not None else 1
+                keys.extend(fe.key(s).pack() for s in range(low, self._slots_high[fe] + 1))
+            if keys:
+                self._delete(SERVICES_MAP, keys)
+            for fe in unclean:
+                entry = view.services.get(fe)
+                if entry is None and fe in self._possible:
+                    continue
+                self._unclean.discard(fe)
+                if entry is None:
+                    del self._slots_high[fe]
+                else:
+                    self._slots_high[fe] = len(entry.backend_ids)
+        rn = sorted(r for r in self._pending_rev_nat if r not in self._rev_nat_owner)
+        if rn:
+            self._delete(REVERSE_NAT_MAP, [pack_rev_nat_id(r) for r in rn])
+            for r in rn:
+                self._rev_nat.pop(r, None)
+                self._pending_rev_nat.discard(r)
+        dead = sorted(b for b in self._pending_backends if self._refs[b] == 0)
+        if dead:
+            self._delete(BACKENDS_MAP, [pack_backend_id(b) for b in dead])
+            for b in dead:
+                view.backends.pop(b, None)
+                self._pending_backends.discard(b)
+                del self._refs[b]
+
+    def _set_possible(self, fe: Frontend, ids: frozenset[int]) -> None:
+        old = self._possible.pop(fe, frozenset())
+        self._refs.subtract(old)
+        if ids:
+            self._possible[fe] = ids
+            self._refs.update(ids)
+
+
+# --- implementations --------------------------------------------------------------------------
+
+
+def chunks(items: Sequence[_T], size: int = BATCH_MAX) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class FakeLbMaps(LbMaps):
+    """In-memory maps of packed bytes: same encodings, same capacities, same call counting.
+
+    Pass the `store` of a previous instance to model an agent restart over pinned maps.
+    """
+
+    def __init__(self, store: dict[str, dict[bytes, bytes]] | None = None) -> None:
+        super().__init__()
+        self.store = store if store is not None else {name: {} for name in MAP_SHAPES}
+
+    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        key_size, value_size, capacity = MAP_SHAPES[map_name]
+        table = self.store[map_name]
+        for chunk in chunks(items):
+            self.stats.batch_calls += 1
+            for key, value in chunk:
+                if len(key) != key_size or len(value) != value_size:
+                    raise LbMapsError(f"{map_name}: entry of wrong size")
+                if key not in table and len(table) >= capacity:
+                    raise LbMapsError(f"{map_name}: map full ({capacity} entries): E2BIG")
+                table[key] = value
+                self.stats.entries_written += 1
+
+    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
+        table = self.store[map_name]
+        for chunk in chunks(keys):
+            self.stats.batch_calls += 1
+            for key in chunk:
+                if table.pop(key, None) is not None:
+                    self.stats.entries_deleted += 1
+
+    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
+        return list(self.store[map_name].items())
+
+
+class FaultyLbMaps(LbMaps):
+    """Wraps real or fake maps; each write or delete fails with `probability`, after a random
+    part of its batch has landed (as a failed kernel batch can leave it)."""
+
+    def __init__(self, inner: LbMaps, probability: float, seed: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"probability {probability} not in [0, 1]")
+        self.inner = inner
+        self.probability = probability
+        self.faults = 0
+        self._rng = random.Random(seed)
+
+    def _fault(self, map_name: str, op: str, n: int) -> int | None:
+        """None: no fault; else how many of the n entries to let through before failing."""
+        if n == 0 or self._rng.random() >= self.probability:
+            return None
+        self.faults += 1
+        return self._rng.randrange(n)
+
+    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        cut = self._fault(map_name, "update", len(items))
+        if cut is None:
+            self.inner._update(map_name, items)
+            return
+        self.inner._update(map_name, items[:cut])
+        raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(items)} updates")
+
+    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
+        cut = self._fault(map_name, "delete", len(keys))
+        if cut is None:
+            self.inner._delete(map_name, keys)
+            return
+        self.inner._delete(map_name, keys[:cut])
+        raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(keys)} deletes")
+
+    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
+        return self.inner._items(map_name)

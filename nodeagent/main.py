@@ -1,8 +1,151 @@
-"""``nodeagent`` console script. The agent itself arrives with the node-agent issue."""
+"""``nodeagent`` console script: parse and validate flags, then run `AgentApp` until signalled."""
 
-import sys
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from pathlib import Path
+
+import click
+
+from meshcore.logs import configure_logging
+from meshcore.model import check_cell_name
+from nodeagent.agent import AgentConfig
+from nodeagent.app import OBJECT_PATH, AgentApp, DatapathConfig
+from nodeagent.registration import Registrar
+from nodeagent.routes import RouteTable
 
 
-def main() -> None:
-    sys.stderr.write("nodeagent: not built yet (see the node-agent issue); nothing was started\n")
-    sys.exit(2)
+def _host_port(value: str, flag: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
+    return value
+
+
+def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
+    try:
+        check_cell_name(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cell", required=True, callback=_cell, help="This node's cell.")
+@click.option("--node", required=True, help="This node's name.")
+@click.option("--meshapi", required=True, help="The own cell's meshapi, HOST:PORT.")
+@click.option("--meshapi-server-name", default=None, help="TLS server name of the own meshapi.")
+@click.option(
+    "--tls-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path)
+)
+@click.option(
+    "--cgroup",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="cgroup v2 directory the socket LB attaches to (never the root cgroup).",
+)
+@click.option(
+    "--pin-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="bpffs directory for this agent's pins, e.g. /sys/fs/bpf/cellmesh/NODE.",
+)
+@click.option("--http", default="127.0.0.1:9090", show_default=True, help="HTTP HOST:PORT.")
+@click.option("--netns", default=None, help="Network namespace for routes (ip netns name).")
+@click.option(
+    "--stale-ttl",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Revoke a peer stale for this many seconds (default: never).",
+)
+@click.option("--sync-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@click.option(
+    "--heartbeat-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True
+)
+@click.option("--node-address", "node_addresses", multiple=True, help="Node address (repeat).")
+@click.option("--pod-cidr", "pod_cidrs", multiple=True, help="This node's pod CIDR (repeat).")
+@click.option(
+    "--workloads",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML/JSON file listing this node's endpoints (standalone registration).",
+)
+@click.option(
+    "--bpf-object",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=str(OBJECT_PATH),
+    show_default=True,
+)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+def main(
+    cell: str,
+    node: str,
+    meshapi: str,
+    meshapi_server_name: str | None,
+    tls_dir: Path,
+    cgroup: Path,
+    pin_dir: Path,
+    http: str,
+    netns: str | None,
+    stale_ttl: float | None,
+    sync_timeout: float,
+    heartbeat_timeout: float,
+    node_addresses: tuple[str, ...],
+    pod_cidrs: tuple[str, ...],
+    workloads: Path | None,
+    bpf_object: Path,
+    log_level: str,
+) -> None:
+    """Node agent: watch every connected cell, merge global services, program the datapath."""
+    _host_port(meshapi, "--meshapi")
+    _host_port(http, "--http")
+    if cgroup.resolve() in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        raise click.BadParameter(
+            "refusing the root cgroup: make a directory for the agent", param_hint="--cgroup"
+        )
+    for value in node_addresses:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--node-address") from e
+    for value in pod_cidrs:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--pod-cidr") from e
+    configure_logging(log_level)
+    config = AgentConfig(
+        cell=cell,
+        node=node,
+        meshapi=meshapi,
+        tls_dir=tls_dir,
+        server_name=meshapi_server_name,
+        stale_ttl=stale_ttl,
+        sync_timeout=sync_timeout,
+        heartbeat_timeout=heartbeat_timeout,
+    )
+    registrar = None
+    if node_addresses:
+        registrar = Registrar(cell, node, list(node_addresses), list(pod_cidrs), workloads)
+    app = AgentApp(
+        config,
+        http=http,
+        registrar=registrar,
+        datapath=DatapathConfig(cgroup=cgroup, pin_dir=pin_dir, object_path=bpf_object),
+        routes=RouteTable(netns=netns) if netns else None,
+    )
+    asyncio.run(_run(app))
+
+
+async def _run(app: AgentApp) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        await stop.wait()
+    finally:
+        await app.stop()

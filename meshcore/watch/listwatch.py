@@ -13,7 +13,7 @@ from typing import Protocol
 import structlog
 
 from meshcore.client import MeshApiError, PeerProtocolError, ResumeUnavailable
-from meshcore.model import Kind, Record, RecordError, decode_record, kind_of_key
+from meshcore.model import Kind, Record, RecordError, decode_record, kind_of_key, kind_prefix
 from meshcore.wire import pb
 
 log = structlog.get_logger("meshcore.watch")
@@ -148,7 +148,10 @@ class ListWatcher:
         if batch.synced:
             self._initial = False
             if self._stale is not None:
-                for key in sorted(self._stale):
+                # Canaries go first: a consumer that gates a kind's deletes on its canary sees
+                # the canary vanish before any record of that kind does.
+                synced = kind_prefix(Kind.SYNCED)
+                for key in sorted(self._stale, key=lambda k: (not k.startswith(synced), k)):
                     self._delete(key, batch.revision)
                 self._stale = None
             self.state = WatchState.WATCHING

@@ -1,0 +1,222 @@
+"""`DesiredLb`: the load-balancer state the agent wants, kept incrementally per service.
+
+Flow: merge (pure) gives a `MergedService` per touched service → `set_service` turns its IPv4
+frontends and selected backends into `bpf.lbstate` entries → the reconciler diffs the dirty keys
+against the maps. Only the frontends and backends a change touches are recomputed and marked
+dirty, so one endpoint change costs work proportional to its service, never to the mesh.
+
+Ids: a backend id per (address, port, protocol), shared by every frontend that uses it and freed
+when none does; a reverse-NAT id per frontend. `seed()` adopts the ids found in the pinned maps
+after a restart, so a restarted agent rewrites nothing that did not change. Slot order is stable:
+a new backend takes a freed slot or goes last, so one change rewrites O(1) slots.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Final
+
+from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
+from bpf.lbstate import BACKEND_ID_MAX, REV_NAT_ID_MAX, Frontend, LbState, ServiceEntry
+from nodeagent.merge import MergedService, ServiceRef
+
+PROTOCOLS: Final = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP}
+
+BackendKey = tuple[IPv4Address, int, int]  # address, port, protocol number
+
+
+class IdsExhausted(RuntimeError):
+    """No free backend or reverse-NAT id is left."""
+
+
+class _Ids:
+    """Hand out ids 1..limit in increasing order, wrapping around past the limit.
+
+    A freed id is not reused until the counter comes round again: the maps may still hold the
+    old meaning of an id for a while (a write backing off, deletes gated after a restart), and a
+    reused id would send that service's connections to the wrong backend meanwhile.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used: set[int] = set()
+        self._next = 1
+
+    def take(self) -> int:
+        for _ in range(self.limit):
+            candidate = self._next
+            self._next = self._next % self.limit + 1
+            if candidate not in self.used:
+                self.used.add(candidate)
+                return candidate
+        raise IdsExhausted(f"all {self.limit} ids are in use")
+
+    def adopt(self, value: int) -> None:
+        self.used.add(value)
+        self._next = max(self._next, value % self.limit + 1)
+
+    def give_back(self, value: int) -> None:
+        self.used.discard(value)
+
+
+def stable_order(old: tuple[int, ...], new: Iterable[int]) -> tuple[int, ...]:
+    """`new` ordered so that as many ids as possible keep their slot from `old`.
+
+    Removed ids (and repeats in `old`) leave holes; added ids fill them first (in id order), then
+    go last; remaining holes are filled by moving the last ids in. Each id appears once.
+    """
+    wanted = set(new)
+    kept: set[int] = set()
+    slots: list[int | None] = []
+    for b in old:
+        if b in wanted and b not in kept:
+            kept.add(b)
+            slots.append(b)
+        else:
+            slots.append(None)
+    added = iter(sorted(wanted - kept))
+    for i, value in enumerate(slots):
+        if value is None:
+            fill = next(added, None)
+            if fill is None:
+                break
+            slots[i] = fill
+    slots.extend(added)
+    i = 0
+    while i < len(slots):
+        while slots and slots[-1] is None:
+            slots.pop()
+        if i < len(slots) and slots[i] is None:
+            slots[i] = slots.pop()
+        i += 1
+    return tuple(b for b in slots if b is not None)
+
+
+@dataclass
+class DesiredStats:
+    services: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> frontends/backends
+    conflicts: int = 0
+
+
+class DesiredLb:
+    def __init__(self) -> None:
+        self.state = LbState()
+        self.dirty_frontends: set[Frontend] = set()
+        self.dirty_backends: set[int] = set()
+        self.stats = DesiredStats()
+        self._frontends_of: dict[ServiceRef, set[Frontend]] = {}
+        self._owner: dict[Frontend, ServiceRef] = {}
+        self._backend_ids: dict[BackendKey, int] = {}
+        self._backend_refs: Counter[int] = Counter()
+        self._rev_nat: dict[Frontend, int] = {}
+        # Slot order found in the maps at start-up: a frontend's first `set_service` keeps it.
+        self._restored_order: dict[Frontend, tuple[int, ...]] = {}
+        self._ids = _Ids(BACKEND_ID_MAX)
+        self._rev_ids = _Ids(REV_NAT_ID_MAX)
+
+    def seed(self, restored: LbState) -> None:
+        """Adopt the ids of a restored map state (call before the first `set_service`)."""
+        for bid, be in restored.backends.items():
+            self._backend_ids.setdefault((be.address, be.port, be.proto), bid)
+            self._ids.adopt(bid)
+        for fe, entry in restored.services.items():
+            self._rev_nat[fe] = entry.rev_nat_id
+            self._rev_ids.adopt(entry.rev_nat_id)
+            self._restored_order[fe] = entry.backend_ids
+
+    def set_service(self, ref: ServiceRef, merged: MergedService | None) -> None:
+        """Replace what ref contributes with merged (None: the service is gone here)."""
+        wanted: dict[Frontend, list[tuple[BackendKey, int]]] = {}
+        if merged is not None:
+            for mf in merged.frontends:
+                vip = mf.frontend.vip
+                proto = PROTOCOLS.get(mf.frontend.protocol)
+                if not isinstance(vip, IPv4Address) or proto is None:
+                    self.stats.skipped["frontend-not-ipv4-tcp-udp"] += 1
+                    continue
+                fe = Frontend(vip, mf.frontend.port, proto)
+                owner = self._owner.get(fe)
+                if owner is not None and owner != ref:
+                    self.stats.conflicts += 1
+                    continue
+                backends = []
+                for b in mf.backends:
+                    if not isinstance(b.address, IPv4Address):
+                        self.stats.skipped["backend-not-ipv4"] += 1
+                        continue
+                    backends.append(((b.address, b.port, PROTOCOLS[b.protocol]), b.cell_id))
+                wanted[fe] = backends
+        old = self._frontends_of.pop(ref, set())
+        for fe in old - wanted.keys():
+            self._drop_frontend(fe)
+        for fe, backends in wanted.items():
+            self._set_frontend(ref, fe, backends)
+        if wanted:
+            self._frontends_of[ref] = set(wanted)
+        self.stats.services = len(self._frontends_of)
+
+    def _set_frontend(
+        self, ref: ServiceRef, fe: Frontend, backends: list[tuple[BackendKey, int]]
+    ) -> None:
+        self._owner[fe] = ref
+        ids = []
+        for key, cell_id in backends:
+            bid = self._backend_id(key, cell_id)
+            ids.append(bid)
+        current = self.state.services.get(fe)
+        old_ids = current.backend_ids if current else ()
+        new_ids = set(ids)
+        for bid in new_ids.difference(old_ids):
+            self._backend_refs[bid] += 1
+        for bid in set(old_ids) - new_ids:
+            self._unref(bid)
+        rev = self._rev_nat.get(fe)
+        if rev is None:
+            rev = self._rev_nat[fe] = self._rev_ids.take()
+        base = old_ids if current else self._restored_order.pop(fe, ())
+        entry = ServiceEntry(rev, stable_order(base, new_ids))
+        if entry != current:
+            self.state.services[fe] = entry
+            self.dirty_frontends.add(fe)
+
+    def _backend_id(self, key: BackendKey, cell_id: int) -> int:
+        bid = self._backend_ids.get(key)
+        if bid is None:
+            bid = self._backend_ids[key] = self._ids.take()
+        value = Lb4Backend(key[0], key[1], key[2], cell_id=cell_id)
+        if self.state.backends.get(bid) != value:
+            self.state.backends[bid] = value
+            self.dirty_backends.add(bid)
+        return bid
+
+    def _drop_frontend(self, fe: Frontend) -> None:
+        entry = self.state.services.pop(fe, None)
+        self._owner.pop(fe, None)
+        self.dirty_frontends.add(fe)
+        rev = self._rev_nat.pop(fe, None)
+        if rev is not None:
+            self._rev_ids.give_back(rev)
+        if entry is not None:
+            for bid in set(entry.backend_ids):
+                self._unref(bid)
+
+    def _unref(self, bid: int) -> None:
+        if self._backend_refs[bid] > 0:
+            self._backend_refs[bid] -= 1
+        if self._backend_refs[bid] > 0:
+            return
+        del self._backend_refs[bid]
+        be = self.state.backends.pop(bid, None)
+        if be is not None:
+            self._backend_ids.pop((be.address, be.port, be.proto), None)
+        self._ids.give_back(bid)
+        self.dirty_backends.add(bid)
+
+    def take_dirty(self) -> tuple[set[Frontend], set[int]]:
+        fes, bids = self.dirty_frontends, self.dirty_backends
+        self.dirty_frontends, self.dirty_backends = set(), set()
+        return fes, bids

@@ -1,0 +1,152 @@
+"""HTTP side of the node agent (aiohttp): /healthz, /readyz, /metrics (Prometheus), /status.
+
+Everything is read from the stages' own counters at request time (a custom collector), so the
+numbers cannot drift from what the agent does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from nodeagent.agent import Agent
+from nodeagent.peers import PeerState, PeerWatcher
+
+
+def peer_status(w: PeerWatcher, now: float) -> dict[str, Any]:
+    watcher = w.watcher
+    age = w.heartbeat_age(now)
+    return {
+        "cell": w.cell,
+        "cell_id": w.cache.config.id if w.cache.config else w.target.cell_id,
+        "address": w.target.address,
+        "local": w.local,
+        "state": str(w.state),
+        "synced": w.synced_once,
+        "revision": watcher.revision if watcher else 0,
+        "counts": w.cache.kind_counts(),
+        "synced_kinds": sorted(str(k) for k in w.cache.synced_kinds),
+        "held_deletes": w.cache.held_deletes,
+        "bad_records": dict(watcher.stats.bad_records) if watcher else {},
+        "listings": watcher.stats.listings if watcher else 0,
+        "last_error": w.last_error,
+        "last_error_class": str(w.last_error_class) if w.last_error_class else None,
+        "heartbeat_age": round(age, 3) if age is not None else None,
+    }
+
+
+def status_document(agent: Agent) -> dict[str, Any]:
+    now = agent._clock()
+    ready, reason = agent.ready()
+    rec = agent.reconciler
+    peers = {name: peer_status(w, now) for name, w in sorted(agent.watchers.items())}
+    for name, w in sorted(agent.gone.items()):
+        peers.setdefault(name, peer_status(w, now))
+    return {
+        "cell": agent.config.cell,
+        "node": agent.config.node,
+        "ready": ready,
+        "reason": reason,
+        "own": peer_status(agent.own, now),
+        "peers": peers,
+        "services": len(agent.merged),
+        "maps": {
+            "services": len(agent.maps.state.services),
+            "backends": len(agent.maps.state.backends),
+            "deletes_allowed": rec.deletes_allowed,
+            "pending": rec.pending,
+            "applies": rec.stats.applies,
+            "failed": rec.stats.failed,
+            "last_error": rec.stats.last_error,
+        },
+        "routes": {"errors": agent.stats.route_errors, "last_error": agent.stats.last_route_error},
+        "time": time.time(),
+    }
+
+
+class AgentCollector(Collector):
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        agent = self._agent
+        watchers = [agent.own, *agent.watchers.values()]
+        state = GaugeMetricFamily(
+            "nodeagent_peer_state", "1 for the peer's current state", labels=["peer", "state"]
+        )
+        for w in watchers:
+            for s in PeerState:
+                state.add_metric([w.cell, str(s)], 1.0 if w.state is s else 0.0)
+        yield state
+        events = CounterMetricFamily(
+            "nodeagent_events_applied", "Record changes applied per peer", labels=["peer"]
+        )
+        bad = CounterMetricFamily(
+            "nodeagent_bad_records", "Peer records dropped as invalid", labels=["peer", "kind"]
+        )
+        for w in watchers:
+            events.add_metric([w.cell], w.cache.stats.applied)
+            if w.watcher is not None:
+                for kind, n in sorted(w.watcher.stats.bad_records.items()):
+                    bad.add_metric([w.cell, kind], n)
+        yield events
+        yield bad
+        hist = agent.stats.propagation
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(hist.buckets, hist.counts, strict=False):
+            running += n
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", hist.samples))
+        yield HistogramMetricFamily(
+            "nodeagent_propagation_seconds",
+            "Endpoint change (record timestamp) to BPF map write",
+            buckets=buckets,
+            sum_value=hist.total,
+        )
+        entries = GaugeMetricFamily("nodeagent_map_entries", "LB map entries", labels=["map"])
+        entries.add_metric(["services"], len(agent.maps.state.services))
+        entries.add_metric(["backends"], len(agent.maps.state.backends))
+        yield entries
+        yield CounterMetricFamily(
+            "nodeagent_map_write_failures", "Failed map writes", value=agent.reconciler.stats.failed
+        )
+        yield CounterMetricFamily("nodeagent_merges", "Service merges", value=agent.stats.merges)
+
+
+def build_http_app(agent: Agent) -> web.Application:
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent))
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, reason = agent.ready()
+        return web.Response(status=200 if ready else 503, text=reason + "\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    async def status(_: web.Request) -> web.Response:
+        doc = status_document(agent)
+        return web.Response(text=json.dumps(doc, indent=2) + "\n", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app

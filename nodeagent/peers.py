@@ -1,0 +1,220 @@
+"""`PeerWatcher`: one per cell (the agent's own included) — connect, check, list-then-watch.
+
+Per cell: open an mTLS channel with the agent's certificate, fetch the cell's config and check it
+(`check_config`: name and id as connected, id unique, pod CIDRs not overlapping), then run a
+`ListWatcher` into the cell's `CellCache` (which validates every record and gates deletes on the
+sync canaries). The watcher reconnects with capped exponential backoff and jitter and resumes from
+its last revision; a refused config is retried the same way.
+
+States: `connecting` → `syncing` → `ready`; `stale` when the stream is lost or the heartbeat is
+older than the limit after the first sync (the cache keeps its last-known-good state); `revoked`
+after the opt-in stale TTL (cache drained); `disconnected` once stopped by a disconnect (drained).
+`evaluate(now)` derives the state; the agent calls it on every tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+from meshcore.client import AccessDenied, MeshApiError, MeshClient, PeerProtocolError
+from meshcore.model import CellConfig
+from meshcore.watch.listwatch import BACKOFF, ListWatcher, WatchState
+from nodeagent.cellcache import CellCache
+
+log = structlog.get_logger("nodeagent.peers")
+
+
+class PeerState(StrEnum):
+    CONNECTING = "connecting"
+    SYNCING = "syncing"
+    READY = "ready"
+    STALE = "stale"
+    REVOKED = "revoked"
+    DISCONNECTED = "disconnected"
+
+
+class ErrorClass(StrEnum):
+    DNS = "dns"
+    TCP = "tcp"
+    TLS = "tls"
+    AUTHZ = "authz"
+    CONFIG = "config"
+    PROTOCOL = "protocol"
+
+
+class ConfigRefused(Exception):
+    """The cell's config does not fit the mesh (wrong name or id, overlapping CIDRs)."""
+
+
+def classify(error: str, code: str = "") -> ErrorClass:
+    """The class of a connection error, from the gRPC status and message (for /status)."""
+    text = error.lower()
+    code = code.upper()
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return ErrorClass.AUTHZ
+    if "dns" in text or "resolution" in text or "name or service not known" in text:
+        return ErrorClass.DNS
+    if any(w in text for w in ("ssl", "tls", "handshake", "certificate")):
+        return ErrorClass.TLS
+    if code in ("INTERNAL", "DATA_LOSS", "UNIMPLEMENTED") or "protocol" in text:
+        return ErrorClass.PROTOCOL
+    return ErrorClass.TCP
+
+
+@dataclass(frozen=True)
+class PeerTarget:
+    """Where and what a cell is: from the `--meshapi` flag (own) or a Peer record."""
+
+    cell: str
+    cell_id: int | None  # None: the agent's own cell (its id is learned from its config)
+    address: str
+    server_name: str | None = None
+
+
+class PeerWatcher:
+    def __init__(
+        self,
+        target: PeerTarget,
+        *,
+        tls_dir: Path,
+        cache: CellCache,
+        check_config: Callable[[CellConfig], None],
+        local: bool = False,
+        heartbeat_timeout: float = 30.0,
+        backoff: tuple[float, ...] = BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target = target
+        self.cache = cache
+        self.local = local
+        self._tls_dir = tls_dir
+        self._check_config = check_config
+        self._heartbeat_timeout = heartbeat_timeout
+        self._backoff = backoff
+        self._clock = clock
+        self.state = PeerState.CONNECTING
+        self.watcher: ListWatcher | None = None
+        self.last_error = ""
+        self.last_error_class: ErrorClass | None = None
+        self.synced_once = False
+        self.stale_since: float | None = None
+        self.heartbeat_seen: float | None = None
+        self.connects = 0
+        self._task: asyncio.Task[None] | None = None
+        self._client: MeshClient | None = None
+
+    @property
+    def cell(self) -> str:
+        return self.target.cell
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"peer-{self.cell}")
+
+    async def stop(self) -> None:
+        """Stop watching (the cache is left as it is: stop is not remove)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            client = MeshClient(
+                self.target.address, self._tls_dir, server_name=self.target.server_name
+            )
+            self._client = client
+            try:
+                info = await client.get_cell()
+                self._check_config(info.config)
+                self.cache.config = info.config
+                break
+            except ConfigRefused as e:
+                self._error(str(e), ErrorClass.CONFIG)
+            except AccessDenied as e:
+                self._error(str(e), ErrorClass.AUTHZ)
+            except PeerProtocolError as e:
+                self._error(str(e), ErrorClass.PROTOCOL)
+            except MeshApiError as e:
+                self._error(str(e), classify(str(e), e.code))
+            await client.close()
+            self._client = None
+            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay * (1 + random.random() / 2))
+        self.connects += 1
+        log.info("Peer config accepted", peer=self.cell, cell_id=info.config.id)
+        self.watcher = ListWatcher(
+            client,
+            on_change=self.cache.apply,
+            on_synced=self._synced,
+            validate=self.cache.validate,
+            backoff=self._backoff,
+        )
+        await self.watcher.run()
+
+    def _synced(self) -> None:
+        self.synced_once = True
+        log.info("Peer synced", peer=self.cell)
+
+    def _error(self, message: str, cls: ErrorClass) -> None:
+        if message != self.last_error:
+            log.warning("Peer connection failed", peer=self.cell, error=message, cls=str(cls))
+        self.last_error = message
+        self.last_error_class = cls
+
+    def note_heartbeat(self) -> None:
+        self.heartbeat_seen = self._clock()
+
+    def heartbeat_age(self, now: float | None = None) -> float | None:
+        if self.heartbeat_seen is None:
+            return None
+        return (self._clock() if now is None else now) - self.heartbeat_seen
+
+    def evaluate(self, now: float | None = None) -> PeerState:
+        """Derive the state from the watcher, the sync and the heartbeat age."""
+        if self.state is PeerState.DISCONNECTED:
+            return self.state
+        if self.state is PeerState.REVOKED and not self.synced_once:
+            return self.state  # a revoked peer's fresh watcher: revoked until it synced again
+        now = self._clock() if now is None else now
+        watcher = self.watcher
+        if watcher is not None and watcher.stats.last_error:
+            self.last_error = watcher.stats.last_error
+            self.last_error_class = classify(
+                watcher.stats.last_error, watcher.stats.last_error_class
+            )
+        streaming = watcher is not None and watcher.state is WatchState.WATCHING
+        age = self.heartbeat_age(now)
+        fresh = age is None or age <= self._heartbeat_timeout
+        if not self.synced_once:
+            state = PeerState.SYNCING if watcher is not None else PeerState.CONNECTING
+        elif streaming and fresh:
+            state = PeerState.READY
+        else:
+            state = PeerState.STALE
+        if state is PeerState.STALE:
+            if self.stale_since is None:
+                self.stale_since = now
+                log.warning("Peer stale, keeping its last-known-good state", peer=self.cell)
+        else:
+            self.stale_since = None
+        self.state = state
+        return state
+
+    def mark(self, state: PeerState) -> None:
+        """Terminal states set by the agent (revoked, disconnected)."""
+        self.state = state

@@ -89,10 +89,10 @@ class ListWatcher:
         self.stats = WatchStats()
         self._stale: set[str] | None = None
         self._initial = True
+        self._attempt = 0  # failures since the last synced batch (indexes the backoff)
 
     async def run(self) -> None:
         """Forever: stream; on failure back off and resume, or relist when the revision is gone."""
-        attempt = 0
         while True:
             try:
                 await self._stream_once()
@@ -105,8 +105,8 @@ class ListWatcher:
             except MeshApiError as e:
                 self._note_error(e, e.code.lower() or "unavailable")
             self.state = WatchState.BACKOFF
-            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
-            attempt += 1
+            delay = self._backoff[min(self._attempt, len(self._backoff) - 1)]
+            self._attempt += 1
             await asyncio.sleep(delay * (1 + random.random() / 2))
 
     def _note_error(self, e: Exception, cls: str) -> None:
@@ -147,6 +147,7 @@ class ListWatcher:
             self.epoch = batch.epoch
         if batch.synced:
             self._initial = False
+            self._attempt = 0
             if self._stale is not None:
                 # Canaries go first: a consumer that gates a kind's deletes on its canary sees
                 # the canary vanish before any record of that kind does.

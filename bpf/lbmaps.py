@@ -434,7 +434,7 @@ class FaultyLbMaps(LbMaps):
         self.faults = 0
         self._rng = random.Random(seed)
 
-    def _fault(self, map_name: str, op: str, n: int) -> int | None:
+    def _fault(self, n: int) -> int | None:
         """None: no fault; else how many of the n entries to let through before failing."""
         if n == 0 or self._rng.random() >= self.probability:
             return None
@@ -442,7 +442,7 @@ class FaultyLbMaps(LbMaps):
         return self._rng.randrange(n)
 
     def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        cut = self._fault(map_name, "update", len(items))
+        cut = self._fault(len(items))
         if cut is None:
             self.inner._update(map_name, items)
             return
@@ -450,7 +450,7 @@ class FaultyLbMaps(LbMaps):
         raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(items)} updates")
 
     def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
-        cut = self._fault(map_name, "delete", len(keys))
+        cut = self._fault(len(keys))
         if cut is None:
             self.inner._delete(map_name, keys)
             return

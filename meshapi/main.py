@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import signal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -11,15 +10,9 @@ from urllib.parse import urlsplit
 import click
 
 from meshapi.app import ConfigError, MeshApiApp, MeshApiConfig
+from meshcore.flags import cidr, host_port
 from meshcore.logs import configure_logging
 from meshcore.model import check_cell_name
-
-
-def _host_port(value: str, flag: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
-    return value
 
 
 def _etcd_endpoint(url: str) -> str:
@@ -27,13 +20,6 @@ def _etcd_endpoint(url: str) -> str:
     if parts.scheme != "http" or not parts.hostname or parts.port is None:
         raise click.BadParameter(f"{url!r} is not http://HOST:PORT", param_hint="--etcd")
     return f"{parts.hostname}:{parts.port}"
-
-
-def _cidr(value: str, flag: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as e:
-        raise click.BadParameter(f"{value!r}: {e}", param_hint=flag) from e
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,12 +55,12 @@ def main(
     config = MeshApiConfig(
         cell=cell,
         cell_id=cell_id,
-        pod_cidrs=tuple(_cidr(c, "--pod-cidr") for c in pod_cidrs),
-        node_cidrs=tuple(_cidr(c, "--node-cidr") for c in node_cidrs),
+        pod_cidrs=tuple(cidr(c, "--pod-cidr") for c in pod_cidrs),
+        node_cidrs=tuple(cidr(c, "--node-cidr") for c in node_cidrs),
         etcd_endpoints=tuple(_etcd_endpoint(u) for u in etcd),
-        listen=_host_port(listen, "--listen"),
+        listen=host_port(listen, "--listen"),
         tls_dir=tls_dir,
-        http=_host_port(http, "--http"),
+        http=host_port(http, "--http"),
         heartbeat_interval=heartbeat_interval,
         history_events=history_events,
     )

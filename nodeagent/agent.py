@@ -14,19 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
 from bpf.lbmaps import LbMaps
-from meshcore.model import CellConfig, Peer
+from meshcore.model import CellConfig, Peer, RecordError, check_cells_distinct
 from meshcore.watch.listwatch import BACKOFF
 from nodeagent.cellcache import CellCache, Touched
-from nodeagent.desired import DesiredLb
+from nodeagent.desired import DesiredLb, routes_for_nodes
 from nodeagent.merge import CellSource, MergedService, ServiceRef, merge_service
 from nodeagent.peers import ConfigRefused, PeerState, PeerTarget, PeerWatcher
 from nodeagent.reconciler import Reconciler
@@ -36,10 +36,15 @@ log = structlog.get_logger("nodeagent.agent")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class RouteSyncResult(Protocol):
+    @property
+    def errors(self) -> Mapping[IPv4Network, str]: ...
+
+
 class RouteProgrammer(Protocol):
     """What the agent needs of `nodeagent.routes.RouteTable`."""
 
-    def sync(self, desired: dict[IPv4Network, IPv4Address]) -> object: ...
+    def sync(self, desired: Mapping[IPv4Network, IPv4Address]) -> RouteSyncResult: ...
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,6 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self.own = self._watcher(PeerTarget(config.cell, None, config.meshapi, config.server_name))
-        self.own_cell_id: int | None = None
 
     # lifecycle --------------------------------------------------------------------------
 
@@ -170,23 +174,12 @@ class Agent:
             raise ConfigRefused(
                 f"cell {cfg.name!r} has id {cfg.id}, but was connected with id {target.cell_id}"
             )
-        others = [self.own, *self.watchers.values()]
-        for w in others:
-            other = w.cache.config
-            if w.cell == target.cell or other is None:
-                continue
-            if other.id == cfg.id:
-                raise ConfigRefused(
-                    f"cell {cfg.name!r} has id {cfg.id}, already used by {w.cell!r}"
-                )
-            for mine in cfg.pod_cidrs:
-                for theirs in other.pod_cidrs:
-                    if mine.version == theirs.version and mine.overlaps(theirs):
-                        raise ConfigRefused(
-                            f"cell {cfg.name!r} pod CIDR {mine} overlaps {theirs} of {w.cell!r}"
-                        )
-        if target.cell_id is None:
-            self.own_cell_id = cfg.id
+        for w in [self.own, *self.watchers.values()]:
+            if w.cell != target.cell and w.cache.config is not None:
+                try:
+                    check_cells_distinct(cfg, w.cache.config)
+                except RecordError as e:
+                    raise ConfigRefused(e.reason) from e
 
     # the loop ---------------------------------------------------------------------------
 
@@ -331,16 +324,9 @@ class Agent:
             # source has listed its nodes once (or the sync timeout passed).
             self._nodes_dirty = True
             return
-        desired: dict[IPv4Network, IPv4Address] = {}
-        for w in self.watchers.values():
-            for node in sorted(w.cache.nodes.values(), key=lambda n: n.name):
-                gateway = next((a for a in node.addresses if isinstance(a, IPv4Address)), None)
-                if gateway is None:
-                    continue
-                for cidr in node.pod_cidrs:
-                    net = ip_network(cidr)
-                    if isinstance(net, IPv4Network):
-                        desired.setdefault(net, gateway)
+        desired = routes_for_nodes(
+            n for w in self.watchers.values() for n in w.cache.nodes.values()
+        )
         assert self.routes is not None
         try:
             result = await asyncio.to_thread(self.routes.sync, desired)
@@ -350,10 +336,14 @@ class Agent:
             self._nodes_dirty = True
             log.warning("Route sync failed", error=str(e))
             return
-        errors = getattr(result, "errors", {})
+        errors = result.errors
         if errors:
             self.stats.route_errors += len(errors)
             self.stats.last_route_error = "; ".join(f"{k}: {v}" for k, v in errors.items())
+
+    def now(self) -> float:
+        """The agent's clock (monotonic; injected in tests)."""
+        return self._clock()
 
     # readiness --------------------------------------------------------------------------
 

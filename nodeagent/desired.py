@@ -5,6 +5,8 @@ frontends and selected backends into `bpf.lbstate` entries → the reconciler di
 against the maps. Only the frontends and backends a change touches are recomputed and marked
 dirty, so one endpoint change costs work proportional to its service, never to the mesh.
 
+`routes_for_nodes` gives the desired routes to remote nodes' pod CIDRs the same way: pure.
+
 Ids: a backend id per (address, port, protocol), shared by every frontend that uses it and freed
 when none does; a reverse-NAT id per frontend. `seed()` adopts the ids found in the pinned maps
 after a restart, so a restarted agent rewrites nothing that did not change. Slot order is stable:
@@ -16,16 +18,33 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Final
 
 from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
 from bpf.lbstate import BACKEND_ID_MAX, REV_NAT_ID_MAX, Frontend, LbState, ServiceEntry
+from meshcore.model import Node
 from nodeagent.merge import MergedService, ServiceRef
 
 PROTOCOLS: Final = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP}
 
 BackendKey = tuple[IPv4Address, int, int]  # address, port, protocol number
+
+
+def routes_for_nodes(nodes: Iterable[Node]) -> dict[IPv4Network, IPv4Address]:
+    """Desired routes: every IPv4 pod CIDR of a remote node via the node's first IPv4 address.
+
+    Deterministic: nodes are taken in (cell, name) order and the first claim of a CIDR wins.
+    """
+    routes: dict[IPv4Network, IPv4Address] = {}
+    for node in sorted(nodes, key=lambda n: (n.cell, n.name)):
+        gateway = next((a for a in node.addresses if isinstance(a, IPv4Address)), None)
+        if gateway is None:
+            continue
+        for cidr in node.pod_cidrs:
+            if isinstance(cidr, IPv4Network):
+                routes.setdefault(cidr, gateway)
+    return routes
 
 
 class IdsExhausted(RuntimeError):

@@ -48,7 +48,7 @@ def peer_status(w: PeerWatcher, now: float) -> dict[str, Any]:
 
 
 def status_document(agent: Agent) -> dict[str, Any]:
-    now = agent._clock()
+    now = agent.now()
     ready, reason = agent.ready()
     rec = agent.reconciler
     peers = {name: peer_status(w, now) for name, w in sorted(agent.watchers.items())}

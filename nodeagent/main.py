@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import signal
 from pathlib import Path
 
 import click
 
+from meshcore.flags import cidr, host_port, ip
 from meshcore.logs import configure_logging
 from meshcore.model import check_cell_name
 from nodeagent.agent import AgentConfig
 from nodeagent.app import OBJECT_PATH, AgentApp, DatapathConfig
 from nodeagent.registration import Registrar
 from nodeagent.routes import RouteTable
-
-
-def _host_port(value: str, flag: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=flag)
-    return value
 
 
 def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
@@ -99,22 +92,16 @@ def main(
     log_level: str,
 ) -> None:
     """Node agent: watch every connected cell, merge global services, program the datapath."""
-    _host_port(meshapi, "--meshapi")
-    _host_port(http, "--http")
+    host_port(meshapi, "--meshapi")
+    host_port(http, "--http")
     if cgroup.resolve() in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
         raise click.BadParameter(
             "refusing the root cgroup: make a directory for the agent", param_hint="--cgroup"
         )
     for value in node_addresses:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--node-address") from e
+        ip(value, "--node-address")
     for value in pod_cidrs:
-        try:
-            ipaddress.ip_network(value, strict=True)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--pod-cidr") from e
+        cidr(value, "--pod-cidr")
     configure_logging(log_level)
     config = AgentConfig(
         cell=cell,

@@ -108,7 +108,6 @@ class PeerWatcher:
         self.synced_once = False
         self.stale_since: float | None = None
         self.heartbeat_seen: float | None = None
-        self.connects = 0
         self._task: asyncio.Task[None] | None = None
         self._client: MeshClient | None = None
 
@@ -155,7 +154,6 @@ class PeerWatcher:
             delay = self._backoff[min(attempt, len(self._backoff) - 1)]
             attempt += 1
             await asyncio.sleep(delay * (1 + random.random() / 2))
-        self.connects += 1
         log.info("Peer config accepted", peer=self.cell, cell_id=info.config.id)
         self.watcher = ListWatcher(
             client,

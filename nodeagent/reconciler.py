@@ -39,7 +39,6 @@ class ReconcileStats:
     repaired: int = 0
     deferred_deletes: int = 0
     last_error: str = ""
-    retrying: int = 0
 
 
 @dataclass
@@ -156,7 +155,6 @@ class Reconciler:
                 r = self._apply(LbDiff(backends=dict(gone)))
                 result.applied += r.applied
                 result.failed += r.failed
-        self.stats.retrying = len(self._retry)
         return result
 
     def _diff(self, fes: Iterable[Frontend], bids: Iterable[int]) -> tuple[LbDiff, set[int]]:

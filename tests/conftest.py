@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from bpf.loader import SockLbLoader
 from certs import Role, create_ca, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
 from meshcore.localetcd import LocalEtcd
 
+REPO = Path(__file__).resolve().parents[1]
 TRUST_DOMAIN = "mesh.test"
 
 
@@ -143,3 +147,33 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+# --- the datapath object and a pinned loader instance (bpf, meshctl, nodeagent tests) ---
+
+
+@pytest.fixture(scope="session")
+def sock_lb_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The datapath built from this checkout's source (not a possibly stale bpf/sock_lb.o)."""
+    out = tmp_path_factory.mktemp("bpf") / "sock_lb.o"
+    subprocess.run(
+        ["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
+         "-c", str(REPO / "bpf" / "sock_lb.c"), "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def instance() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def loader(sock_lb_object: Path, instance: str) -> Iterator[SockLbLoader]:
+    ld = SockLbLoader(object_path=sock_lb_object, instance=instance)
+    try:
+        yield ld
+    finally:
+        ld.unpin()

@@ -58,7 +58,11 @@ from meshcore.model.names import (
     check_dns_label,
     check_dns_subdomain,
 )
-from meshcore.model.ownership import check_peer_config, check_record_owner
+from meshcore.model.ownership import (
+    check_cells_distinct,
+    check_peer_config,
+    check_record_owner,
+)
 from meshcore.model.records import (
     MAX_IDENTITY_ID,
     MAX_LOCAL_IDENTITY,
@@ -117,6 +121,7 @@ __all__ = [
     "SyncCanary",
     "cell_key",
     "check_cell_name",
+    "check_cells_distinct",
     "check_dns_label",
     "check_dns_subdomain",
     "check_identity_cell",

@@ -24,7 +24,7 @@ from meshcore.model.records import (
     check_identity_cell,
 )
 
-__all__ = ["check_peer_config", "check_record_owner"]
+__all__ = ["check_cells_distinct", "check_peer_config", "check_record_owner"]
 
 
 def check_peer_config(config: CellConfig, peer: Peer) -> None:
@@ -37,6 +37,21 @@ def check_peer_config(config: CellConfig, peer: Peer) -> None:
         raise RecordError(
             config.key(), f"peer {peer.name!r} has id {config.id}, but was connected as {peer.id}"
         )
+
+
+def check_cells_distinct(config: CellConfig, other: CellConfig) -> None:
+    """Two cells of one mesh: distinct ids, pod CIDRs that do not overlap."""
+    if config.id == other.id:
+        raise RecordError(
+            config.key(), f"cell {config.name!r} has id {config.id}, already used by {other.name!r}"
+        )
+    for mine in config.pod_cidrs:
+        for theirs in other.pod_cidrs:
+            if mine.version == theirs.version and mine.overlaps(theirs):
+                raise RecordError(
+                    config.key(),
+                    f"cell {config.name!r} pod CIDR {mine} overlaps {theirs} of {other.name!r}",
+                )
 
 
 def _inside(address: IPv4Address | IPv6Address, cidrs: Iterable[IPv4Network | IPv6Network]) -> bool:

@@ -1,5 +1,6 @@
-"""BPF fixtures: the compiled object, a private cgroup v2 directory, a pinned loader instance.
+"""BPF fixtures: a private cgroup v2 directory, attachments, running a process in the cgroup.
 
+The compiled object and the pinned loader instance are in tests/conftest.py (shared).
 Every cgroup and pin a test makes is removed by the fixture's finalizer, also on failure.
 """
 
@@ -13,22 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bpf.loader import SockLbLoader
-
 REPO = Path(__file__).resolve().parents[2]
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
-
-
-@pytest.fixture(scope="session")
-def sock_lb_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bpf") / "sock_lb.o"
-    subprocess.run(
-        ["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
-         "-c", str(REPO / "bpf" / "sock_lb.c"), "-o", str(out)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return out
 
 
 @pytest.fixture
@@ -48,20 +35,6 @@ def cgroup() -> Iterator[Path]:
                 for pid in procs:
                     (CGROUP_ROOT / "cgroup.procs").write_text(pid)
         assert not path.exists(), f"{path} could not be removed"
-
-
-@pytest.fixture
-def instance() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def loader(sock_lb_object: Path, instance: str) -> Iterator[SockLbLoader]:
-    ld = SockLbLoader(object_path=sock_lb_object, instance=instance)
-    try:
-        yield ld
-    finally:
-        ld.unpin()
 
 
 def attachments(cgroup: Path) -> list[str]:

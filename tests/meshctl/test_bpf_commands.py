@@ -35,7 +35,6 @@ from bpf.pinned_maps import PinnedLbMaps
 from meshctl.cli import cli
 
 # The BPF fixtures (compiled object, unique instance, loader that unpins on teardown).
-from tests.bpf.conftest import instance, loader, sock_lb_object  # noqa: F401
 
 Row = tuple[str, int, int, int, int | None, int, tuple[tuple[int, int, str, int, int, int], ...]]
 
@@ -165,7 +164,7 @@ def rows_from_diff() -> list[Row]:
 
 
 @pytest.fixture
-def maps_dir(loader: SockLbLoader) -> Path:  # noqa: F811
+def maps_dir(loader: SockLbLoader) -> Path:
     loader.load()
     loader.close()  # the pins keep the maps; the command must not need this process's fds
     return loader.maps_dir

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from meshcore.model import (
@@ -15,6 +17,7 @@ from meshcore.model import (
     Peer,
     Record,
     RecordError,
+    check_cells_distinct,
     check_peer_config,
     check_record_owner,
     make_identity_id,
@@ -126,3 +129,29 @@ def test_check_peer_config(peer: Peer, reason: str | None) -> None:
     else:
         with pytest.raises(RecordError, match=reason):
             check_peer_config(EAST, peer)
+
+
+@pytest.mark.parametrize(
+    ("other", "reason"),
+    [
+        pytest.param(
+            CellConfig(name="west", id=8, pod_cidrs=["10.8.0.0/16", "fd00:8::/48"]), None, id="ok"
+        ),
+        pytest.param(
+            CellConfig(name="west", id=7, pod_cidrs=["10.8.0.0/16"]),
+            "cell 'east' has id 7, already used by 'west'",
+            id="same-id",
+        ),
+        pytest.param(
+            CellConfig(name="west", id=8, pod_cidrs=["10.7.128.0/17"]),
+            "cell 'east' pod CIDR 10.7.0.0/16 overlaps 10.7.128.0/17 of 'west'",
+            id="overlapping-pod-cidr",
+        ),
+    ],
+)
+def test_check_cells_distinct(other: CellConfig, reason: str | None) -> None:
+    if reason is None:
+        check_cells_distinct(NO_NODE_CIDRS, other)
+    else:
+        with pytest.raises(RecordError, match=re.escape(reason)):
+            check_cells_distinct(NO_NODE_CIDRS, other)

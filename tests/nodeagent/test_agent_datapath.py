@@ -162,19 +162,6 @@ def topology(root_netns_unchanged: None) -> Iterator[Topology]:
     assert not any(name in ip("netns", "list") for name in made), "a namespace was left behind"
 
 
-@pytest.fixture(scope="module")
-def sock_lb_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The datapath built from this checkout's source (not a possibly stale bpf/sock_lb.o)."""
-    out = tmp_path_factory.mktemp("bpf") / "sock_lb.o"
-    subprocess.run(
-        ["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
-         "-c", str(REPO / "bpf" / "sock_lb.c"), "-o", str(out)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return out
-
-
 @pytest.fixture
 def agent_cgroup() -> Iterator[Path]:
     path = CGROUP_ROOT / f"cellmesh-test-{secrets.token_hex(5)}"

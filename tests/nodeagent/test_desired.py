@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, ip_address
 
 import pytest
 
 from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
 from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
-from meshcore.model import Affinity
+from meshcore.model import Affinity, Node
 from meshcore.model import Frontend as RecordFrontend
-from nodeagent.desired import DesiredLb, IdsExhausted, _Ids, stable_order
+from nodeagent.desired import DesiredLb, IdsExhausted, _Ids, routes_for_nodes, stable_order
 from nodeagent.merge import (
     BackendState,
     MergedBackend,
@@ -363,3 +363,29 @@ def test_seed_restored_order_is_used_only_once() -> None:
     lb.set_service(CART, None)
     lb.set_service(CART, simple(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
     assert addresses_of(lb, fe()) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]  # fresh ids, in order
+
+
+def test_routes_for_nodes_first_ipv4_gateway_deterministic_winner() -> None:
+    nodes = [
+        Node(cell="gamma", name="g1", addresses=["192.168.3.1"], pod_cidrs=["10.9.0.0/24"]),
+        Node(
+            cell="beta",
+            name="b2",
+            addresses=["fd00::2", "192.168.2.2"],
+            pod_cidrs=["10.2.2.0/24", "fd00:2::/64"],
+        ),
+        Node(
+            cell="beta",
+            name="b1",
+            addresses=["192.168.2.1"],
+            pod_cidrs=["10.2.1.0/24", "10.9.0.0/24"],
+        ),
+        Node(cell="beta", name="b3", addresses=["fd00::3"], pod_cidrs=["10.2.3.0/24"]),
+    ]
+    expected = {
+        IPv4Network("10.2.1.0/24"): IPv4Address("192.168.2.1"),
+        IPv4Network("10.9.0.0/24"): IPv4Address("192.168.2.1"),  # beta/b1 before gamma/g1
+        IPv4Network("10.2.2.0/24"): IPv4Address("192.168.2.2"),  # first IPv4 address
+    }  # b3 has no IPv4 address: no route
+    assert routes_for_nodes(nodes) == expected
+    assert routes_for_nodes(reversed(nodes)) == expected

@@ -21,9 +21,9 @@ one clock for all processes on Linux.
 
 CPU: this process's `process_time` (the agent, its gRPC threads, and the bench's own pipe
 reading) and the event loop thread's `thread_time`; inside it, the agent's rounds, their merge
-step, `DesiredLb.set_service` and `LbMaps.apply` (thin subclasses add timers, nothing else), and
-the cyclic GC (`gc.callbacks`). Everything it starts is stopped and removed in ``finally``, also
-on Ctrl-C or SIGTERM. See docs/benchmarks.md.
+step, `DesiredLb.set_frontends` / `update_frontend` and `LbMaps.apply` (thin subclasses add
+timers, nothing else), and the cyclic GC (`gc.callbacks`). Everything it starts is stopped and
+removed in ``finally``, also on Ctrl-C or SIGTERM. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from multiprocessing.connection import Connection
@@ -65,10 +65,11 @@ from meshcore.localetcd import LocalEtcd
 from meshcore.logs import configure_logging
 from meshcore.model import Endpoint, Kind, Peer, Service
 from meshcore.model.records import EndpointPort
+from meshcore.model.records import Frontend as RecordFrontend
 from meshcore.watch.listwatch import Change, ListWatcher
 from nodeagent.agent import Agent, AgentConfig, Histogram
 from nodeagent.desired import DesiredLb
-from nodeagent.merge import MergedService, ServiceRef
+from nodeagent.merge import MergedBackend, ServiceRef
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECT = REPO / "bpf" / "sock_lb.o"
@@ -326,14 +327,31 @@ class StampedLbMaps(PinnedLbMaps):
 
 
 class TimedDesiredLb(DesiredLb):
-    """`DesiredLb` adding up the CPU (thread time) of `set_service`."""
+    """`DesiredLb` adding up the CPU (thread time) of `set_frontends` and `update_frontend`."""
 
     set_cpu: float = 0.0
 
-    def set_service(self, ref: ServiceRef, merged: MergedService | None) -> None:
+    def set_frontends(
+        self,
+        ref: ServiceRef,
+        frontends: Iterable[tuple[RecordFrontend, Iterable[MergedBackend]]] | None,
+    ) -> None:
         start = time.thread_time()
         try:
-            super().set_service(ref, merged)
+            super().set_frontends(ref, frontends)
+        finally:
+            self.set_cpu += time.thread_time() - start
+
+    def update_frontend(
+        self,
+        ref: ServiceRef,
+        frontend: RecordFrontend,
+        added: Iterable[MergedBackend],
+        removed: Iterable[MergedBackend],
+    ) -> None:
+        start = time.thread_time()
+        try:
+            super().update_frontend(ref, frontend, added, removed)
         finally:
             self.set_cpu += time.thread_time() - start
 

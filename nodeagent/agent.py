@@ -1,12 +1,14 @@
 """`Agent`: wires the node agent's stages (orchestration only; the logic lives in the stages).
 
 Flow: own-cell `PeerWatcher` → its `CellCache` lists the connected peers → one `PeerWatcher` per
-peer, started and stopped live → caches report touched services / nodes → `merge_service` per
-touched service (pure) → `DesiredLb` → `Reconciler` → `LbMaps`; nodes of peer cells → routes.
+peer, started and stopped live → caches report touched services, endpoints and nodes → a
+`ServiceSelection` per service, rebuilt on a service or cell-state change and updated per endpoint
+otherwise → `DesiredLb` → `Reconciler` → `LbMaps`; nodes of peer cells → routes.
 
-Loop (`_loop`): woken by any change or a tick; each round re-merges only the touched services,
-runs one reconcile pass, evaluates peer states (stale, revoked), releases the delete gate once
-every source has synced (or the sync timeout passed), and now and then runs a full repair pass.
+Loop (`_loop`): woken by any change or a tick; each round evaluates peer states (stale,
+revoked), rebuilds the touched services, feeds the changed endpoints to their selections (O(1)
+each), runs one reconcile pass, releases the delete gate once every source has synced (or the
+sync timeout passed), and now and then runs a full repair pass.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from nodeagent.desired import DesiredLb, routes_for_nodes
 from nodeagent.merge import CellSource, MergedService, ServiceRef, merge_service
 from nodeagent.peers import ConfigRefused, PeerState, PeerTarget, PeerWatcher
 from nodeagent.reconciler import Reconciler
+from nodeagent.selection import ServiceSelection
 
 log = structlog.get_logger("nodeagent.agent")
 
@@ -78,7 +81,8 @@ class Histogram:
 
 @dataclass
 class AgentStats:
-    merges: int = 0
+    merges: int = 0  # whole-service builds
+    endpoint_updates: int = 0  # endpoint changes fed to a selection
     rounds: int = 0
     propagation: Histogram = field(default_factory=Histogram)
     route_errors: int = 0
@@ -100,12 +104,13 @@ class Agent:
         self.desired = DesiredLb()
         self.reconciler = Reconciler(maps, self.desired, clock=clock)
         self.stats = AgentStats()
-        self.merged: dict[ServiceRef, MergedService] = {}
+        self.selections: dict[ServiceRef, ServiceSelection] = {}
         self.watchers: dict[str, PeerWatcher] = {}
         self.gone: dict[str, PeerWatcher] = {}  # disconnected / revoked, for /status
         self._clock = clock
         self._wake = asyncio.Event()
-        self._dirty: set[ServiceRef] = set()
+        self._dirty: set[ServiceRef] = set()  # rebuild
+        self._dirty_endpoints: set[tuple[str, ServiceRef, str]] = set()  # cell, ref, address
         self._nodes_dirty = False
         self._peers_dirty = False
         self._pending_latency: list[float] = []
@@ -152,6 +157,7 @@ class Agent:
 
     def _touched(self, cell: str, touched: Touched) -> None:
         self._dirty |= touched.services
+        self._dirty_endpoints.update((cell, ref, address) for ref, address in touched.endpoints)
         if touched.nodes and cell != self.config.cell:
             self._nodes_dirty = True
         if touched.peers and cell == self.config.cell:
@@ -272,35 +278,58 @@ class Agent:
         self.watchers[name] = fresh
         fresh.start()
 
+    def _source(self, w: PeerWatcher, ref: ServiceRef) -> CellSource | None:
+        """What ``w``'s cell contributes to ``ref`` now; None while it contributes nothing."""
+        cfg = w.cache.config
+        if cfg is None or w.state in (PeerState.REVOKED, PeerState.DISCONNECTED):
+            return None
+        return CellSource(
+            cell=w.cell,
+            cell_id=cfg.id,
+            local=w.local,
+            service=w.cache.services.get(ref),
+            endpoints=w.cache.endpoints.get(ref, {}),
+            stale=w.state is PeerState.STALE,
+        )
+
     def _sources(self, ref: ServiceRef) -> dict[str, CellSource]:
-        sources: dict[str, CellSource] = {}
+        sources = {}
         for w in [self.own, *self.watchers.values()]:
-            cfg = w.cache.config
-            if cfg is None or w.state in (PeerState.REVOKED, PeerState.DISCONNECTED):
-                continue
-            sources[w.cell] = CellSource(
-                cell=w.cell,
-                cell_id=cfg.id,
-                local=w.local,
-                service=w.cache.services.get(ref),
-                endpoints=w.cache.endpoints.get(ref, {}),
-                stale=w.state is PeerState.STALE,
-            )
+            source = self._source(w, ref)
+            if source is not None:
+                sources[w.cell] = source
         return sources
 
+    def explain(self, ref: ServiceRef) -> MergedService | None:
+        """The full merge of ``ref`` now, with a decision per endpoint (``meshctl explain``)."""
+        return merge_service(ref, self._sources(ref))
+
     def _merge_dirty(self) -> None:
-        dirty, self._dirty = self._dirty, set()
         if self.own.cache.config is None:
-            self._dirty = dirty  # our own cell first
-            return
+            return  # our own cell first; the dirty sets wait
+        dirty, self._dirty = self._dirty, set()
+        endpoints, self._dirty_endpoints = self._dirty_endpoints, set()
         for ref in dirty:
-            merged = merge_service(ref, self._sources(ref))
+            selection = ServiceSelection.build(ref, self._sources(ref))
             self.stats.merges += 1
-            if merged is None:
-                self.merged.pop(ref, None)
+            if selection is None:
+                self.selections.pop(ref, None)
+                self.desired.set_frontends(ref, None)
             else:
-                self.merged[ref] = merged
-            self.desired.set_service(ref, merged)
+                self.selections[ref] = selection
+                self.desired.set_frontends(ref, selection.selected())
+        for cell, ref, address in endpoints:
+            selection = self.selections.get(ref)
+            w = self.own if cell == self.config.cell else self.watchers.get(cell)
+            if ref in dirty or selection is None or w is None:
+                continue  # rebuilt above, no local service, or the cell is gone (drained)
+            source = self._source(w, ref)
+            if source is None:
+                continue
+            self.stats.endpoint_updates += 1
+            endpoint = source.endpoints.get(address)
+            for delta in selection.update(source, address, endpoint):
+                self.desired.update_frontend(ref, delta.frontend, delta.added, delta.removed)
 
     def _observe_latency(self) -> None:
         """Record timestamp -> map write, for changes whose writes all landed."""

@@ -43,14 +43,16 @@ GATED_KINDS = frozenset(Kind) - {Kind.CELL, Kind.HEARTBEAT, Kind.SYNCED}
 class Touched:
     """What one or more changes touched, for the agent to re-merge / re-route."""
 
-    services: set[ServiceRef] = field(default_factory=set)
+    services: set[ServiceRef] = field(default_factory=set)  # re-merge the whole service
+    endpoints: set[tuple[ServiceRef, str]] = field(default_factory=set)  # (ref, address) changed
     nodes: bool = False
     peers: bool = False
     heartbeat: bool = False
     stamps: list[float] = field(default_factory=list)  # updated_at of changed endpoints
 
     def __bool__(self) -> bool:
-        return bool(self.services) or self.nodes or self.peers or self.heartbeat
+        changed = bool(self.services) or bool(self.endpoints)
+        return changed or self.nodes or self.peers or self.heartbeat
 
 
 @dataclass
@@ -120,8 +122,9 @@ class CellCache:
             touched.services.add(ref)
         elif isinstance(record, Endpoint):
             ref = ServiceRef(record.namespace, record.service)
-            self.endpoints.setdefault(ref, {})[str(record.address)] = record
-            touched.services.add(ref)
+            address = str(record.address)
+            self.endpoints.setdefault(ref, {})[address] = record
+            touched.endpoints.add((ref, address))
             touched.stamps.append(record.updated_at)
         elif isinstance(record, Node):
             self.nodes[record.name] = record
@@ -151,11 +154,12 @@ class CellCache:
             touched.services.add(ref)
         elif isinstance(record, Endpoint):
             ref = ServiceRef(record.namespace, record.service)
+            address = str(record.address)
             by_address = self.endpoints.get(ref, {})
-            by_address.pop(str(record.address), None)
+            by_address.pop(address, None)
             if not by_address:
                 self.endpoints.pop(ref, None)
-            touched.services.add(ref)
+            touched.endpoints.add((ref, address))
         elif isinstance(record, Node):
             self.nodes.pop(record.name, None)
             touched.nodes = True

@@ -1,9 +1,9 @@
 """`DesiredLb`: the load-balancer state the agent wants, kept incrementally per service.
 
-Flow: merge (pure) gives a `MergedService` per touched service → `set_service` turns its IPv4
-frontends and selected backends into `bpf.lbstate` entries → the reconciler diffs the dirty keys
-against the maps. Only the frontends and backends a change touches are recomputed and marked
-dirty, so one endpoint change costs work proportional to its service, never to the mesh.
+Flow: a service's selection (`nodeagent.selection`) → `set_frontends` (a whole service, on a
+rebuild) or `update_frontend` (what entered and left one frontend's selection) → `bpf.lbstate`
+entries → the reconciler diffs the dirty keys against the maps. One endpoint change costs work
+in proportion to the change (`patch_order` keeps slots without a Python pass over the service).
 
 `routes_for_nodes` gives the desired routes to remote nodes' pod CIDRs the same way: pure.
 
@@ -15,16 +15,18 @@ a new backend takes a freed slot or goes last, so one change rewrites O(1) slots
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Final
+from typing import Final, cast
 
 from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
 from bpf.lbstate import BACKEND_ID_MAX, REV_NAT_ID_MAX, Frontend, LbState, ServiceEntry
 from meshcore.model import Node
-from nodeagent.merge import MergedService, ServiceRef
+from meshcore.model.records import Frontend as RecordFrontend
+from nodeagent.merge import MergedBackend, MergedService, ServiceRef
 
 PROTOCOLS: Final = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP}
 
@@ -114,6 +116,41 @@ def stable_order(old: tuple[int, ...], new: Iterable[int]) -> tuple[int, ...]:
     return tuple(b for b in slots if b is not None)
 
 
+def patch_order(
+    old: tuple[int, ...], added: Iterable[int], removed: Iterable[int]
+) -> tuple[int, ...]:
+    """`stable_order(old, set(old) - removed | added)` in O(change) Python steps.
+
+    For a small change to a large frontend: the copies and searches run in C. ``old`` holds
+    each id once; ``added`` ids are not in ``old``.
+    """
+    slots: list[int | None] = list(old)
+    holes = []
+    for b in set(removed):
+        with contextlib.suppress(ValueError):
+            i = slots.index(b)
+            slots[i] = None
+            holes.append(i)
+    holes.sort()
+    fill = iter(sorted(set(added)))
+    remaining = []
+    for i in holes:
+        value = next(fill, None)
+        if value is None:
+            remaining.append(i)
+        else:
+            slots[i] = value
+    slots.extend(fill)
+    for i in remaining:
+        while slots and slots[-1] is None:
+            slots.pop()
+        if i < len(slots) and slots[i] is None:
+            slots[i] = slots.pop()
+    while slots and slots[-1] is None:
+        slots.pop()
+    return tuple(cast(list[int], slots))
+
+
 @dataclass
 class DesiredStats:
     services: int = 0
@@ -149,26 +186,33 @@ class DesiredLb:
 
     def set_service(self, ref: ServiceRef, merged: MergedService | None) -> None:
         """Replace what ref contributes with merged (None: the service is gone here)."""
+        if merged is None:
+            self.set_frontends(ref, None)
+        else:
+            self.set_frontends(ref, [(mf.frontend, mf.backends) for mf in merged.frontends])
+
+    def set_frontends(
+        self,
+        ref: ServiceRef,
+        frontends: Iterable[tuple[RecordFrontend, Iterable[MergedBackend]]] | None,
+    ) -> None:
+        """Replace what ref contributes: its frontends and their selected backends."""
         wanted: dict[Frontend, list[tuple[BackendKey, int]]] = {}
-        if merged is not None:
-            for mf in merged.frontends:
-                vip = mf.frontend.vip
-                proto = PROTOCOLS.get(mf.frontend.protocol)
-                if not isinstance(vip, IPv4Address) or proto is None:
-                    self.stats.skipped["frontend-not-ipv4-tcp-udp"] += 1
-                    continue
-                fe = Frontend(vip, mf.frontend.port, proto)
-                owner = self._owner.get(fe)
-                if owner is not None and owner != ref:
-                    self.stats.conflicts += 1
-                    continue
-                backends = []
-                for b in mf.backends:
-                    if not isinstance(b.address, IPv4Address):
-                        self.stats.skipped["backend-not-ipv4"] += 1
-                        continue
-                    backends.append(((b.address, b.port, PROTOCOLS[b.protocol]), b.cell_id))
-                wanted[fe] = backends
+        for frontend, selected in frontends or ():
+            fe = self._frontend(frontend)
+            if fe is None:
+                self.stats.skipped["frontend-not-ipv4-tcp-udp"] += 1
+                continue
+            owner = self._owner.get(fe)
+            if owner is not None and owner != ref:
+                self.stats.conflicts += 1
+                continue
+            backends = []
+            for b in selected:
+                key = self._backend_key(b)
+                if key is not None:
+                    backends.append((key, b.cell_id))
+            wanted[fe] = backends
         old = self._frontends_of.pop(ref, set())
         for fe in old - wanted.keys():
             self._drop_frontend(fe)
@@ -177,6 +221,60 @@ class DesiredLb:
         if wanted:
             self._frontends_of[ref] = set(wanted)
         self.stats.services = len(self._frontends_of)
+
+    def update_frontend(
+        self,
+        ref: ServiceRef,
+        frontend: RecordFrontend,
+        added: Iterable[MergedBackend],
+        removed: Iterable[MergedBackend],
+    ) -> None:
+        """Apply a change of one frontend's selection: work in proportion to the change.
+
+        A frontend `set_frontends` left out (not IPv4 TCP/UDP, owned by another service) stays
+        out. A backend in both ``added`` and ``removed`` was updated in place (keeps its slot).
+        """
+        fe = self._frontend(frontend)
+        current = self.state.services.get(fe) if fe is not None else None
+        if fe is None or current is None or self._owner.get(fe) != ref:
+            return
+        wanted: dict[BackendKey, int] = {}
+        for b in added:
+            key = self._backend_key(b)
+            if key is not None:
+                wanted[key] = b.cell_id
+        new_ids = []
+        for key, cell_id in wanted.items():
+            bid = self._backend_id(key, cell_id)
+            if bid not in current.backend_ids:
+                new_ids.append(bid)
+                self._backend_refs[bid] += 1
+        gone_ids = []
+        for b in removed:
+            key = self._backend_key(b)
+            gone = self._backend_ids.get(key) if key is not None else None
+            if key not in wanted and gone is not None and gone in current.backend_ids:
+                gone_ids.append(gone)
+        if not new_ids and not gone_ids:
+            return
+        order = patch_order(current.backend_ids, new_ids, gone_ids)
+        for bid in gone_ids:
+            self._unref(bid)
+        self.state.services[fe] = ServiceEntry(current.rev_nat_id, order, current.flags)
+        self.dirty_frontends.add(fe)
+
+    @staticmethod
+    def _frontend(frontend: RecordFrontend) -> Frontend | None:
+        proto = PROTOCOLS.get(frontend.protocol)
+        if not isinstance(frontend.vip, IPv4Address) or proto is None:
+            return None
+        return Frontend(frontend.vip, frontend.port, proto)
+
+    def _backend_key(self, backend: MergedBackend) -> BackendKey | None:
+        if not isinstance(backend.address, IPv4Address):
+            self.stats.skipped["backend-not-ipv4"] += 1
+            return None
+        return (backend.address, backend.port, PROTOCOLS[backend.protocol])
 
     def _set_frontend(
         self, ref: ServiceRef, fe: Frontend, backends: list[tuple[BackendKey, int]]

@@ -61,7 +61,7 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "reason": reason,
         "own": peer_status(agent.own, now),
         "peers": peers,
-        "services": len(agent.merged),
+        "services": len(agent.selections),
         "maps": {
             "services": len(agent.maps.state.services),
             "backends": len(agent.maps.state.backends),
@@ -123,7 +123,16 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             "nodeagent_map_write_failures", "Failed map writes", value=agent.reconciler.stats.failed
         )
-        yield CounterMetricFamily("nodeagent_merges", "Service merges", value=agent.stats.merges)
+        yield CounterMetricFamily(
+            "nodeagent_merges",
+            "Whole-service merges (service or cell state changed)",
+            value=agent.stats.merges,
+        )
+        yield CounterMetricFamily(
+            "nodeagent_endpoint_updates",
+            "Endpoint changes applied to a service's selection",
+            value=agent.stats.endpoint_updates,
+        )
 
 
 def build_http_app(agent: Agent) -> web.Application:

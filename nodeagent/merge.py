@@ -11,6 +11,7 @@ Pure: no IO, no asyncio, no logging. Output order never depends on input order.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,14 +25,22 @@ __all__ = [
     "BackendDecision",
     "BackendState",
     "CellSource",
+    "Counts",
     "MergedBackend",
     "MergedFrontend",
     "MergedService",
+    "Pool",
     "Reason",
     "ServiceRef",
     "backend_state",
+    "check_sources",
+    "choose_pool",
+    "count_candidates",
+    "exclusion",
+    "in_pool",
     "match_port",
     "merge_service",
+    "merged_backend",
     "select_backends",
 ]
 
@@ -196,12 +205,42 @@ def _endpoint_order(endpoint: Endpoint) -> tuple[int, int]:
     return (endpoint.address.version, int(endpoint.address))
 
 
-def _preferred(pool: Sequence[MergedBackend], affinity: Affinity) -> list[MergedBackend]:
-    if affinity is Affinity.LOCAL:
-        return [b for b in pool if b.local]
-    if affinity is Affinity.REMOTE:
-        return [b for b in pool if not b.local]
-    return list(pool)
+class Pool(NamedTuple):
+    """Which candidates a frontend uses: the ones in ``state`` on ``side`` (None: both sides).
+
+    A function of the candidates' counts per (state, local) only, so an incremental merge
+    recomputes it in O(1) per change and re-selects everything only when it changes.
+    """
+
+    state: BackendState | None  # ACTIVE, TERMINATING, or None: nothing to select
+    side: bool | None  # True: local only, False: remote only, None: both
+    spilled: bool  # affinity wanted a side that has nothing in the pool
+
+
+Counts = Mapping[tuple[BackendState, bool], int]  # candidates per (state, local)
+
+
+def choose_pool(counts: Counts, affinity: Affinity) -> Pool:
+    """ACTIVE candidates, else TERMINATING ones; then affinity's side when it has any."""
+    for state in (BackendState.ACTIVE, BackendState.TERMINATING):
+        local, remote = counts.get((state, True), 0), counts.get((state, False), 0)
+        if not local and not remote:
+            continue
+        if affinity is Affinity.LOCAL and local:
+            return Pool(state, True, spilled=False)
+        if affinity is Affinity.REMOTE and remote:
+            return Pool(state, False, spilled=False)
+        return Pool(state, None, spilled=affinity is not Affinity.NONE)
+    return Pool(None, None, spilled=False)
+
+
+def in_pool(backend: MergedBackend, pool: Pool) -> bool:
+    """Whether the pool selects ``backend``."""
+    return backend.state is pool.state and (pool.side is None or backend.local is pool.side)
+
+
+def count_candidates(candidates: Iterable[MergedBackend]) -> Counter[tuple[BackendState, bool]]:
+    return Counter((b.state, b.local) for b in candidates)
 
 
 def select_backends(
@@ -215,13 +254,9 @@ def select_backends(
     uses the whole pool. UNHEALTHY backends are never used. No pool: nothing is selected.
     """
     ordered = sorted(candidates, key=_backend_order)
-    active = [b for b in ordered if b.state is BackendState.ACTIVE]
-    pool = active or [b for b in ordered if b.state is BackendState.TERMINATING]
-    preferred = _preferred(pool, affinity)
-    chosen = preferred or pool
-    spilled = affinity is not Affinity.NONE and not preferred
-    if active:
-        selected_reason = Reason.SELECTED_SPILLOVER if spilled else Reason.SELECTED
+    pool = choose_pool(count_candidates(ordered), affinity)
+    if pool.state is BackendState.ACTIVE:
+        selected_reason = Reason.SELECTED_SPILLOVER if pool.spilled else Reason.SELECTED
         passed_over = (
             Reason.PREFERRED_LOCAL_ACTIVE
             if affinity is Affinity.LOCAL
@@ -234,13 +269,13 @@ def select_backends(
             if affinity is Affinity.LOCAL
             else Reason.PREFERRED_REMOTE_TERMINATING
         )
-    in_chosen = set(chosen)
-    in_pool = set(pool)
+    chosen: list[MergedBackend] = []
     reasons: dict[MergedBackend, Reason] = {}
     for backend in ordered:
-        if backend in in_chosen:
+        if in_pool(backend, pool):
+            chosen.append(backend)
             reasons[backend] = selected_reason
-        elif backend in in_pool:
+        elif backend.state is pool.state:
             reasons[backend] = passed_over
         elif backend.state is BackendState.TERMINATING:
             reasons[backend] = Reason.TERMINATING_UNUSED
@@ -249,7 +284,7 @@ def select_backends(
     return chosen, reasons
 
 
-def _check_sources(ref: ServiceRef, sources: Mapping[str, CellSource]) -> CellSource:
+def check_sources(ref: ServiceRef, sources: Mapping[str, CellSource]) -> CellSource:
     """The local source; ValueError when the caller broke the grouping contract."""
     for key, source in sources.items():
         if key != source.cell:
@@ -275,7 +310,7 @@ def _check_sources(ref: ServiceRef, sources: Mapping[str, CellSource]) -> CellSo
     return local[0]
 
 
-def _exclusion(source: CellSource, local_service: Service) -> Reason | None:
+def exclusion(source: CellSource, local_service: Service) -> Reason | None:
     """Why none of ``source``'s endpoints may be used, or None when they are candidates."""
     if source.local:
         return None
@@ -313,6 +348,26 @@ def _port_warning(remote_service: Service, local_service: Service) -> str | None
     )
 
 
+def merged_backend(
+    frontend: Frontend, source: CellSource, endpoint: Endpoint
+) -> MergedBackend | None:
+    """``endpoint`` as a backend of ``frontend``; None when no port of it serves the frontend."""
+    port = match_port(frontend, endpoint)
+    if port is None:
+        return None
+    return MergedBackend(
+        cell=source.cell,
+        cell_id=source.cell_id,
+        address=endpoint.address,
+        port=port.port,
+        protocol=port.protocol,
+        local=source.local,
+        state=backend_state(endpoint),
+        stale=source.stale,
+        updated_at=endpoint.updated_at,
+    )
+
+
 def _merge_frontend(
     frontend: Frontend,
     sources: Sequence[tuple[CellSource, Reason | None]],
@@ -320,30 +375,16 @@ def _merge_frontend(
     warnings: list[str],
 ) -> MergedFrontend:
     rows: list[tuple[CellSource, Endpoint, MergedBackend | None, Reason | None]] = []
-    for source, exclusion in sources:
+    for source, excluded in sources:
         for endpoint in sorted(source.endpoints.values(), key=_endpoint_order):
-            port = match_port(frontend, endpoint)
-            backend = None
-            if port is not None:
-                backend = MergedBackend(
-                    cell=source.cell,
-                    cell_id=source.cell_id,
-                    address=endpoint.address,
-                    port=port.port,
-                    protocol=port.protocol,
-                    local=source.local,
-                    state=backend_state(endpoint),
-                    stale=source.stale,
-                    updated_at=endpoint.updated_at,
-                )
-            rows.append((source, endpoint, backend, exclusion))
+            rows.append((source, endpoint, merged_backend(frontend, source, endpoint), excluded))
     candidates = [b for _, _, b, excluded in rows if b is not None and excluded is None]
     selected, reasons = select_backends(candidates, affinity)
-    for backend in candidates:
-        if backend.address.version != frontend.vip.version:
+    for candidate in candidates:
+        if candidate.address.version != frontend.vip.version:
             warnings.append(
-                f"frontend {_frontend_label(frontend)}: backend {backend.address} of cell "
-                f"{backend.cell!r} is IPv{backend.address.version}; listed, but the datapath "
+                f"frontend {_frontend_label(frontend)}: backend {candidate.address} of cell "
+                f"{candidate.cell!r} is IPv{candidate.address.version}; listed, but the datapath "
                 "may not reach it from this frontend"
             )
     decisions = []
@@ -373,15 +414,15 @@ def merge_service(ref: ServiceRef, sources: Mapping[str, CellSource]) -> MergedS
     so there is nothing to program. ValueError when not exactly one source is local, or when a
     source holds records of another cell or ref.
     """
-    local_source = _check_sources(ref, sources)
+    local_source = check_sources(ref, sources)
     local_service = local_source.service
     if local_service is None:
         return None
     warnings = list(local_service.warnings)
     ordered = sorted(sources.values(), key=lambda source: source.cell)
-    judged = [(source, _exclusion(source, local_service)) for source in ordered]
-    for source, exclusion in judged:
-        if not source.local and exclusion is None and source.service is not None:
+    judged = [(source, exclusion(source, local_service)) for source in ordered]
+    for source, excluded in judged:
+        if not source.local and excluded is None and source.service is not None:
             warning = _port_warning(source.service, local_service)
             if warning is not None:
                 warnings.append(warning)

@@ -184,7 +184,15 @@ class Reconciler:
                 # half-written one is not in the view, and its slots keep its backends in use.
                 diff.services[fe] = target
         deletes: set[int] = set()
-        needed = {b for e in diff.services.values() if e is not None for b in e.backend_ids}
+        # Backends a written service needs that the maps lack or hold differently: ids it
+        # already had are in the view (a changed or failed one is in `bids` by its own key),
+        # so only its new ids are looked at (set operations in C, not a pass over its slots).
+        needed: set[int] = set()
+        for fe, e in diff.services.items():
+            if e is not None:
+                had = view.services.get(fe)
+                ids = set(e.backend_ids)
+                needed |= ids.difference(had.backend_ids) if had is not None else ids
         for b in set(bids) | {b for b in needed if view.backends.get(b) != want.backends.get(b)}:
             target_be = want.backends.get(b)
             if target_be is None:

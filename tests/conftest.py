@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -177,3 +179,49 @@ def loader(sock_lb_object: Path, instance: str) -> Iterator[SockLbLoader]:
         yield ld
     finally:
         ld.unpin()
+
+
+# --- a private cgroup v2 directory (bpf and nodeagent tests) -------------------------------------
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+
+
+@pytest.fixture
+def cgroup() -> Iterator[Path]:
+    path = CGROUP_ROOT / f"cellmesh-test-{uuid.uuid4().hex[:10]}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        # Processes a test moved in have exited; rmdir fails loudly if one is left.
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                procs = (path / "cgroup.procs").read_text().split()
+                for pid in procs:
+                    (CGROUP_ROOT / "cgroup.procs").write_text(pid)
+        assert not path.exists(), f"{path} could not be removed"
+
+
+# --- console scripts as an operator runs them ------------------------------------------------
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path: (status, body); (0, "") while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def assert_refused(args: list[str], message: str) -> None:
+    """The command exits 2 (a usage error) with ``message`` on stderr and no traceback."""
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

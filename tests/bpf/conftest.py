@@ -1,6 +1,7 @@
-"""BPF fixtures: a private cgroup v2 directory, attachments, running a process in the cgroup.
+"""BPF helpers: the programs attached to a cgroup, running a process in a cgroup.
 
-The compiled object and the pinned loader instance are in tests/conftest.py (shared).
+The compiled object, the pinned loader instance and the private `cgroup` fixture are in
+tests/conftest.py (shared with the nodeagent tests).
 Every cgroup and pin a test makes is removed by the fixture's finalizer, also on failure.
 """
 
@@ -8,33 +9,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
-
-
-@pytest.fixture
-def cgroup() -> Iterator[Path]:
-    path = CGROUP_ROOT / f"cellmesh-test-{uuid.uuid4().hex[:10]}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        # Processes a test moved in have exited; rmdir fails loudly if one is left.
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                procs = (path / "cgroup.procs").read_text().split()
-                for pid in procs:
-                    (CGROUP_ROOT / "cgroup.procs").write_text(pid)
-        assert not path.exists(), f"{path} could not be removed"
 
 
 def attachments(cgroup: Path) -> list[str]:

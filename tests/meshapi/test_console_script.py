@@ -8,25 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from certs import Role
 from meshcore.localetcd import LocalEtcd, free_loopback_port
-from tests.conftest import Pki
+from tests.conftest import Pki, assert_refused, http_get
 
 MESHAPI = str(Path(sys.executable).with_name("meshapi"))
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def test_meshapi_process_serves_health_metrics_and_status(pki: Pki, etcd: LocalEtcd) -> None:
@@ -41,18 +31,18 @@ def test_meshapi_process_serves_health_metrics_and_status(pki: Pki, etcd: LocalE
         deadline = time.monotonic() + 20
         while True:
             try:
-                if _get(http_port, "/readyz") == (200, "ready\n"):
+                if http_get(http_port, "/readyz") == (200, "ready\n"):
                     break
             except OSError:
                 pass
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             assert time.monotonic() < deadline, "meshapi not ready"
             time.sleep(0.05)
-        assert _get(http_port, "/healthz") == (200, "ok\n")
-        code, metrics = _get(http_port, "/metrics")
+        assert http_get(http_port, "/healthz") == (200, "ok\n")
+        code, metrics = http_get(http_port, "/metrics")
         assert code == 200
         assert 'meshapi_records{kind="cells"} 1.0' in metrics
-        status = json.loads(_get(http_port, "/status")[1])
+        status = json.loads(http_get(http_port, "/status")[1])
         assert status["cell"] == "alpha"
         assert status["ready"] is True
         assert "services" in status["synced_kinds"]
@@ -82,7 +72,4 @@ def test_bad_flags_are_refused_with_a_clear_message(
     for flag, value in zip(flags[::2], flags[1::2], strict=True):
         base[flag] = value
     args = [MESHAPI] + [x for kv in base.items() for x in kv]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_refused(args, message)

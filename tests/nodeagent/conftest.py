@@ -23,12 +23,14 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 
 from bpf.lbmaps import FakeLbMaps, LbMaps
+from bpf.loader import SockLbLoader, pin_root
 from certs import Role
 from meshapi.app import MeshApiApp, MeshApiConfig
 from meshapi.etcd_adapter import EtcdStore, StoreUnavailable
@@ -37,6 +39,7 @@ from meshcore.client import MeshClient
 from meshcore.localetcd import LocalEtcd
 from meshcore.model import Kind, Record, encode_record
 from nodeagent.agent import Agent, AgentConfig
+from nodeagent.app import DatapathConfig
 from tests.conftest import CELL_CIDRS, CELL_IDS, Pki
 from tests.meshapi.helpers import endpoint, peer, service
 
@@ -294,3 +297,18 @@ def agent_config(pki: Pki, mesh: Mesh, **overrides: Any) -> AgentConfig:
     }
     settings.update(overrides)
     return AgentConfig(**settings)
+
+
+# --- the agent's datapath: a pin instance on the private `cgroup` (tests/conftest.py) ---------
+
+
+@pytest.fixture
+def datapath(sock_lb_object: Path, cgroup: Path) -> Iterator[DatapathConfig]:
+    instance = f"test-{secrets.token_hex(5)}"
+    config = DatapathConfig(cgroup=cgroup, pin_dir=pin_root(instance), object_path=sock_lb_object)
+    try:
+        yield config
+    finally:
+        # Link pins first (the programs detach), then the maps; the cellmesh dir if empty.
+        SockLbLoader(object_path=sock_lb_object, instance=instance).unpin()
+    assert not config.pin_dir.exists(), f"{config.pin_dir} left behind"

@@ -79,10 +79,12 @@ def beta_state(agent: Agent, state: PeerState) -> bool:
 
 
 def stale_cells(agent: Agent) -> set[str]:
-    """Cells whose merged backends are marked stale."""
+    """Cells whose merged backends are marked stale (in the full merge `explain` gives)."""
     return {
         b.cell
-        for merged in agent.merged.values()
+        for ref in agent.selections
+        for merged in [agent.explain(ref)]
+        if merged is not None
         for f in merged.frontends
         for b in f.backends
         if b.stale
@@ -116,7 +118,8 @@ async def test_peer_endpoint_reaches_desired_state_and_maps_and_leaves_on_delete
     await wait_for(lambda: addr("beta", 7) in served(agent.maps), what="new beta backend")
     assert wanted(agent.desired.state) == served(agent.maps) == {**BOTH, addr("beta", 7): 2}
     assert f"{addr('beta', 7)}:8080/tcp cell=2 " in agent.maps.dump()
-    merged = agent.merged[next(iter(agent.merged))]
+    merged = agent.explain(next(iter(agent.selections)))
+    assert merged is not None
     assert {str(b.address) for f in merged.frontends for b in f.backends} == set(BOTH) | {
         addr("beta", 7)
     }

@@ -34,7 +34,6 @@ from typing import Any
 import pytest
 
 from bpf.layout import PROGRAMS
-from bpf.loader import SockLbLoader, pin_root
 from bpf.pinned_maps import PinnedLbMaps
 from meshcore.localetcd import LocalEtcd
 from meshcore.model import Endpoint, EndpointPort, Node
@@ -46,7 +45,6 @@ from tests.meshapi.helpers import peer, service
 from tests.nodeagent.conftest import Mesh, MeshCell, RouteNetns, agent_config
 
 REPO = Path(__file__).resolve().parents[2]
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 
 VIP = "172.20.0.10"
 POD = "10.2.5.5"  # beta's backend "pod", on node b1's loopback
@@ -160,31 +158,6 @@ def topology(root_netns_unchanged: None) -> Iterator[Topology]:
                 failed.append(str(e))
         assert not failed, failed
     assert not any(name in ip("netns", "list") for name in made), "a namespace was left behind"
-
-
-@pytest.fixture
-def agent_cgroup() -> Iterator[Path]:
-    path = CGROUP_ROOT / f"cellmesh-test-{secrets.token_hex(5)}"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        # The `clients` finalizer has reaped every process that was in it.
-        path.rmdir()
-
-
-@pytest.fixture
-def datapath(sock_lb_object: Path, agent_cgroup: Path) -> Iterator[DatapathConfig]:
-    instance = f"test-{secrets.token_hex(5)}"
-    config = DatapathConfig(
-        cgroup=agent_cgroup, pin_dir=pin_root(instance), object_path=sock_lb_object
-    )
-    try:
-        yield config
-    finally:
-        # Link pins first (the programs detach), then the maps; the cellmesh dir if empty.
-        SockLbLoader(object_path=sock_lb_object, instance=instance).unpin()
-    assert not config.pin_dir.exists(), f"{config.pin_dir} left behind"
 
 
 @pytest.fixture
@@ -332,8 +305,8 @@ class Clients:
 
 
 @pytest.fixture
-async def clients(topology: Topology, agent_cgroup: Path) -> AsyncIterator[Clients]:
-    made = Clients(topology, agent_cgroup)
+async def clients(topology: Topology, cgroup: Path) -> AsyncIterator[Clients]:
+    made = Clients(topology, cgroup)
     try:
         yield made
     finally:

@@ -127,7 +127,8 @@ def test_puts_index_services_endpoints_nodes_and_peers() -> None:
     assert cache.peers == {"west": peer()}
     assert cache.kind_counts() == {"endpoints": 3, "nodes": 1, "peers": 1, "services": 1}
     touched = [t for _, t in recorder.calls]
-    assert [t.services for t in touched[:3]] == [{REF}, {REF}, {REF}]
+    assert [t.services for t in touched[:3]] == [{REF}, set(), set()]
+    assert [t.endpoints for t in touched[:3]] == [set(), {(REF, "10.2.0.1")}, {(REF, "10.2.0.2")}]
     assert touched[3].nodes
     assert not touched[3].services
     assert touched[4].peers
@@ -145,7 +146,8 @@ def test_touched_stamps_carry_endpoint_updated_at() -> None:
     cache.apply(put(endpoint("10.2.0.1", updated_at=1700000000.5)))
     _, touched = recorder.calls[-1]
     assert touched.stamps == [1700000000.5]
-    assert touched.services == {REF}
+    assert touched.endpoints == {(REF, "10.2.0.1")}
+    assert not touched.services  # an endpoint change is not a whole-service change
     assert recorder.calls[0][1].stamps == []  # a service put carries no stamp
 
 
@@ -205,7 +207,7 @@ def test_canary_releases_held_deletes_except_keys_put_again_meanwhile() -> None:
     assert cache.held_deletes == 0
     assert cache.stats.released_deletes == 1
     _, touched = recorder.calls[-1]
-    assert touched.services == {REF}
+    assert touched.endpoints == {(REF, "10.2.0.1")}  # the released delete
     # Synced now: a delete lands at once.
     cache.apply(delete(ep3))
     assert cache.endpoints[REF] == {"10.2.0.2": ep2_again}

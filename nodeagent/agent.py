@@ -3,7 +3,7 @@
 Flow: own-cell `PeerWatcher` → its `CellCache` lists the connected peers → one `PeerWatcher` per
 peer, started and stopped live → caches report touched services, endpoints and nodes → a
 `ServiceSelection` per service, rebuilt on a service or cell-state change and updated per endpoint
-otherwise → `DesiredLb` → `Reconciler` → `LbMaps`; nodes of peer cells → routes.
+otherwise → `DesiredLb` → `Reconciler` → `LbMaps`; every other node (own cell and peers) → routes.
 
 Loop (`_loop`): woken by any change or a tick; each round evaluates peer states (stale,
 revoked), rebuilds the touched services, feeds the changed endpoints to their selections (O(1)
@@ -158,7 +158,7 @@ class Agent:
     def _touched(self, cell: str, touched: Touched) -> None:
         self._dirty |= touched.services
         self._dirty_endpoints.update((cell, ref, address) for ref, address in touched.endpoints)
-        if touched.nodes and cell != self.config.cell:
+        if touched.nodes:
             self._nodes_dirty = True
         if touched.peers and cell == self.config.cell:
             self._peers_dirty = True
@@ -353,8 +353,13 @@ class Agent:
             # source has listed its nodes once (or the sync timeout passed).
             self._nodes_dirty = True
             return
+        # Every other node, of this cell and of the peers (direct node routes): this node's
+        # own pod CIDR is on its own links.
         desired = routes_for_nodes(
-            n for w in self.watchers.values() for n in w.cache.nodes.values()
+            n
+            for w in [self.own, *self.watchers.values()]
+            for n in w.cache.nodes.values()
+            if not (w is self.own and n.name == self.config.node)
         )
         assert self.routes is not None
         try:

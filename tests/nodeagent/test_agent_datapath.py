@@ -53,7 +53,10 @@ NODE_A = "192.168.1.10"  # inside alpha's node CIDR
 NODE_B = "192.168.2.10"  # inside beta's node CIDR
 BACKEND = {f"{POD}:8080": 2}  # backend -> cell id, as the maps hold it
 REPLY = f"{VIP}:80 beta"  # what a client sees: the VIP it dialled (getpeername), beta's answer
-ROUTES = {POD_CIDR: (NODE_B, "ula")}
+NODE_A2 = "192.168.1.20"  # another node of alpha, on node a1's link
+A2_POD_CIDR = "10.1.6.0/24"
+# Direct node routes: to every other node's pods, of the own cell and of the peer.
+ROUTES = {POD_CIDR: (NODE_B, "ula"), A2_POD_CIDR: (NODE_A2, "ula")}
 
 ECHO_SERVER = """
 import socket, sys
@@ -172,8 +175,13 @@ async def datapath_mesh(pki: Pki, etcd_factory: Callable[[str], LocalEtcd]) -> A
             puts=[
                 service("alpha", vip=VIP),
                 peer("alpha", "beta", id_=beta.id, address=beta.address),
+                # Alpha's nodes: a1 is the agent's own (no route to its own pods), a2 another.
+                Node(cell="alpha", name="a1", addresses=[ip_address(NODE_A)],
+                     pod_cidrs=[ip_network("10.1.5.0/24")]),
+                Node(cell="alpha", name="a2", addresses=[ip_address(NODE_A2)],
+                     pod_cidrs=[ip_network(A2_POD_CIDR)]),
             ]
-        )
+        )  # fmt: skip
         pod = Endpoint(
             cell="beta",
             namespace="demo",
@@ -366,7 +374,7 @@ async def test_connect_to_the_vip_reaches_the_peer_pod_over_the_agents_route(
 ) -> None:
     await alpha_agent.start()
     await converged(alpha_agent, datapath, topology)
-    assert topology.agent_routes() == {POD_CIDR: (NODE_B, "ula")}
+    assert topology.agent_routes() == ROUTES
 
     replies, failures = await clients.run(5)
     assert (replies, failures) == ({REPLY: 5}, [])

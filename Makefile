@@ -7,7 +7,7 @@ DEB_PACKAGES := etcd-server etcd-client clang llvm libbpf-dev bpftool iproute2 o
 APT_STAMP := .setup-stamp-apt
 VENV_STAMP := .setup-stamp-venv
 
-.PHONY: setup test lint unit proto proto-check clean
+.PHONY: setup test lint unit proto proto-check clean demo demo-down
 
 setup: $(APT_STAMP) $(VENV_STAMP) bpf/sock_lb.o
 
@@ -48,7 +48,7 @@ proto-check: $(VENV_STAMP)
 lint: setup proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict meshcore meshapi nodeagent bpf certs meshctl
+	$(BIN)/mypy --strict meshcore meshapi nodeagent bpf certs meshctl e2e
 	$(BIN)/lint-imports
 
 # grpc-core logs every refused handshake; the authorization tests make many on purpose.
@@ -56,6 +56,26 @@ unit: setup
 	GRPC_VERBOSITY=ERROR $(BIN)/pytest -q
 
 test: setup lint unit
+
+# The local two-cell lab, connected, with a global demo service, checked by the connectivity
+# suite; it stays up for you to explore (`make demo-down` or `meshctl lab down` removes it).
+DEMO := --name demo
+MESHCTL := $(BIN)/meshctl
+demo: setup
+	$(MESHCTL) lab down $(DEMO)
+	$(MESHCTL) lab up $(DEMO) --cells 2 --nodes 2 --pods-per-node 2 --wait
+	$(MESHCTL) connect --context demo-alpha --destination-context demo-beta
+	$(MESHCTL) --context demo-alpha apply -f deploy/demo/echo-service.yaml
+	$(MESHCTL) --context demo-beta apply -f deploy/demo/echo-service.yaml
+	$(MESHCTL) status --context demo-alpha --wait --wait-duration 2m
+	$(MESHCTL) status --context demo-beta --wait --wait-duration 2m
+	$(MESHCTL) connectivity test --multi-cluster --lab demo --context demo-alpha \
+	  --destination-context demo-beta --include-disruptive
+	$(MESHCTL) lab status $(DEMO)
+	$(MESHCTL) status --context demo-alpha
+
+demo-down: setup
+	$(MESHCTL) lab down $(DEMO)
 
 clean:
 	rm -rf $(VENV) $(APT_STAMP) $(VENV_STAMP) .mypy_cache .ruff_cache .pytest_cache

@@ -4,7 +4,7 @@ Authentication is the client certificate (verified by TLS against the mesh trust
 module turns the caller's `MeshIdentity` into a decision:
 
 - own cell, role admin/agent/meshapi: watch the full view; admin writes anything of its cell;
-  an agent writes only its own node's records (node, endpoints on that node).
+  an agent writes only its own node's records (node, endpoints on that node, its status).
 - another cell, role agent/peer, listed in this cell's connected peers: watch the export view
   (read-only).
 - anything else is refused with a reason that names what is wrong.
@@ -17,17 +17,18 @@ from dataclasses import dataclass
 
 from certs import MeshIdentity, Role
 from meshapi.views import Item, ViewName
-from meshcore.model import Endpoint, Kind, Node, Record, kind_of_key, peer_key
+from meshcore.model import AgentStatus, Endpoint, Kind, Node, Record, kind_of_key, peer_key
 
 
 class Denied(Exception):
     """The caller is authenticated but not allowed; the message says why."""
 
 
+# The admin may write agent status too: to remove the report of a node that is gone for good.
 ADMIN_WRITABLE = frozenset(
-    {Kind.SERVICE, Kind.ENDPOINT, Kind.NODE, Kind.PEER, Kind.IDENTITY, Kind.IP_IDENTITY}
+    {Kind.SERVICE, Kind.ENDPOINT, Kind.NODE, Kind.PEER, Kind.IDENTITY, Kind.IP_IDENTITY, Kind.AGENT}
 )
-AGENT_WRITABLE = frozenset({Kind.NODE, Kind.ENDPOINT})
+AGENT_WRITABLE = frozenset({Kind.NODE, Kind.ENDPOINT, Kind.AGENT})
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,18 @@ class CellPolicy:
         for rec in (record, current.record if current is not None else None):
             if rec is None:
                 continue
-            owner = (
-                rec.name if isinstance(rec, Node) else rec.node if isinstance(rec, Endpoint) else ""
-            )
+            owner = _node_of(rec)
             if owner != who.node:
                 raise Denied(
                     f"agent of node {who.node} may write only its own node's records, "
                     f"not {key} (node {owner or 'unset'})"
                 )
+
+
+def _node_of(record: Record) -> str:
+    """The node a record belongs to, for the agent's own-node rule ("" when none)."""
+    if isinstance(record, Node):
+        return record.name
+    if isinstance(record, Endpoint | AgentStatus):
+        return record.node
+    return ""

@@ -3,8 +3,9 @@
 Pure. A view is the set of items a predicate admits from the cell's full state. Peers get the
 export view: services that are global *and* shared, their endpoints, and the cell-wide kinds a
 peer needs (cell config, heartbeat, nodes, identities, ip->identity, sync canaries); never the
-connected-peers list. Both views are kept incrementally: a change re-evaluates its own key, and a
-service whose exported flag flips re-evaluates that service's endpoints (and nothing else).
+connected-peers list nor the agents' status reports (`Kind.AGENT`). Both views are kept
+incrementally: a change re-evaluates its own key, and a service whose exported flag flips
+re-evaluates that service's endpoints (and nothing else).
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import click
 
+from e2e.commands import connectivity_group
 from meshctl.bpf_commands import bpf_group
 from meshctl.certs_commands import ca_group, certs_group
+from meshctl.connect_commands import connect_command, disconnect_command
 from meshctl.contexts import (
     DEFAULT_CONFIG_PATH,
     Context,
@@ -29,7 +31,10 @@ from meshctl.contexts import (
     load_config,
     use_context,
 )
+from meshctl.explain_commands import explain_group
+from meshctl.lab import lab_group
 from meshctl.mesh_commands import apply_command, delete_command, format_table, services_command
+from meshctl.status_commands import status_command
 
 __all__ = ["cli", "main"]
 
@@ -176,6 +181,12 @@ cli.add_command(apply_command)
 cli.add_command(delete_command)
 cli.add_command(services_command)
 cli.add_command(bpf_group)
+cli.add_command(lab_group)
+cli.add_command(connect_command)
+cli.add_command(disconnect_command)
+cli.add_command(status_command)
+cli.add_command(explain_group)
+cli.add_command(connectivity_group)
 
 
 def main() -> None:

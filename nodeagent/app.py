@@ -1,7 +1,8 @@
 """`AgentApp`: the node agent process — datapath, agent loop, registration, HTTP (wiring only).
 
 Start: load the BPF object and attach it to the agent's cgroup (pins are reused: a restart never
-detaches), open the pinned maps, restore the view, start the agent, the registration loop and the
+detaches), open the pinned maps, restore the view, start the agent, the registration loop, the
+status publisher (`nodeagent.report`: the node's `AgentStatus` through the own meshapi) and the
 HTTP server. Stop: stop watching and serving; the datapath and routes stay (stop is not remove).
 """
 
@@ -19,9 +20,11 @@ from bpf.lbmaps import LbMaps
 from bpf.loader import SockLbLoader
 from bpf.pinned_maps import PinnedLbMaps
 from meshcore.client import MeshApiError, MeshClient
+from meshcore.model import AGENT_STATUS_INTERVAL
 from nodeagent.agent import Agent, AgentConfig, RouteProgrammer
 from nodeagent.http import build_http_app
 from nodeagent.registration import Registrar
+from nodeagent.report import StatusPublisher
 
 log = structlog.get_logger("nodeagent.app")
 
@@ -46,6 +49,7 @@ class AgentApp:
         maps: LbMaps | None = None,
         routes: RouteProgrammer | None = None,
         register_interval: float = 2.0,
+        status_interval: float = AGENT_STATUS_INTERVAL,
     ) -> None:
         if (datapath is None) == (maps is None):
             raise ValueError("give either a datapath to load or maps to use")
@@ -56,6 +60,8 @@ class AgentApp:
         self._maps = maps
         self.routes = routes
         self.register_interval = register_interval
+        self.status_interval = status_interval
+        self.publisher: StatusPublisher | None = None
         self.loader: SockLbLoader | None = None
         self.agent: Agent | None = None
         self.http_port = 0
@@ -76,11 +82,13 @@ class AgentApp:
         assert maps is not None
         self.agent = Agent(self.config, maps=maps, routes=self.routes)
         await self.agent.start()
+        self._client = MeshClient(
+            self.config.meshapi, self.config.tls_dir, server_name=self.config.server_name
+        )
         if self.registrar is not None:
-            self._client = MeshClient(
-                self.config.meshapi, self.config.tls_dir, server_name=self.config.server_name
-            )
             self._tasks.append(asyncio.create_task(self._register(), name="registration"))
+        self.publisher = StatusPublisher(self.agent, self._client, interval=self.status_interval)
+        self._tasks.append(asyncio.create_task(self.publisher.run(), name="status-report"))
         self._runner = web.AppRunner(build_http_app(self.agent), access_log=None)
         await self._runner.setup()
         host, _, port = self.http.rpartition(":")

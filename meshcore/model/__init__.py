@@ -7,6 +7,13 @@ key) -> ``ownership`` checks for peer records -> merge. Keys and encoded values 
 CONTRACT. No IO and no asyncio here: only stdlib, pydantic and yaml.
 """
 
+from meshcore.model.agentstatus import (
+    AGENT_STATUS_INTERVAL,
+    AGENT_STATUS_STALE_AFTER,
+    MAX_ERROR_LENGTH,
+    AgentStatus,
+    PeerReport,
+)
 from meshcore.model.annotations import (
     AFFINITY,
     GLOBAL,
@@ -29,6 +36,7 @@ from meshcore.model.keys import (
     PREFIX,
     KeyParts,
     Kind,
+    agent_key,
     cell_key,
     endpoint_key,
     endpoint_service_key,
@@ -87,6 +95,8 @@ from meshcore.model.records import (
 
 __all__ = [
     "AFFINITY",
+    "AGENT_STATUS_INTERVAL",
+    "AGENT_STATUS_STALE_AFTER",
     "GLOBAL",
     "KEY_SEGMENTS",
     "LEGACY_AFFINITY",
@@ -94,6 +104,7 @@ __all__ = [
     "LEGACY_SHARED",
     "MAX_CELL_ID",
     "MAX_CELL_NAME",
+    "MAX_ERROR_LENGTH",
     "MAX_IDENTITY_ID",
     "MAX_LOCAL_IDENTITY",
     "MAX_VALUE_BYTES",
@@ -101,6 +112,7 @@ __all__ = [
     "RECORD_TYPES",
     "SHARED",
     "Affinity",
+    "AgentStatus",
     "CellConfig",
     "CellId",
     "Endpoint",
@@ -114,11 +126,13 @@ __all__ = [
     "ManifestError",
     "Node",
     "Peer",
+    "PeerReport",
     "Record",
     "RecordError",
     "Service",
     "ServiceFlags",
     "SyncCanary",
+    "agent_key",
     "cell_key",
     "check_cell_name",
     "check_cells_distinct",

@@ -17,6 +17,7 @@ addresses and never contain ``/``, so a key splits unambiguously.
     cellmesh/v1/identities/<cell>/<id>                            Identity
     cellmesh/v1/ipidentities/<cell>/<ip>                          IpIdentity
     cellmesh/v1/synced/<cell>/<kind>                              SyncCanary
+    cellmesh/v1/agents/<cell>/<node>                              AgentStatus (own cell only)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "PREFIX",
     "KeyParts",
     "Kind",
+    "agent_key",
     "cell_key",
     "endpoint_key",
     "endpoint_service_key",
@@ -63,6 +65,7 @@ class Kind(StrEnum):
     IDENTITY = "identities"
     IP_IDENTITY = "ipidentities"
     SYNCED = "synced"
+    AGENT = "agents"
 
 
 # The names of the segments after the kind, in key order (used in error messages).
@@ -76,6 +79,7 @@ KEY_SEGMENTS: dict[Kind, tuple[str, ...]] = {
     Kind.IDENTITY: ("cell", "id"),
     Kind.IP_IDENTITY: ("cell", "ip"),
     Kind.SYNCED: ("cell", "kind"),
+    Kind.AGENT: ("cell", "node"),
 }
 
 _KIND_BY_VALUE: dict[str, Kind] = {kind.value: kind for kind in Kind}
@@ -198,6 +202,11 @@ def ip_identity_key(cell: str, ip: str | IPv4Address | IPv6Address) -> str:
 def synced_key(cell: str, kind: Kind) -> str:
     """``cellmesh/v1/synced/<cell>/<kind>``: the sync canary of one kind of a cell."""
     return _join(Kind.SYNCED, cell, Kind(kind).value)
+
+
+def agent_key(cell: str, node: str) -> str:
+    """``cellmesh/v1/agents/<cell>/<node>``: what the node's agent last reported about itself."""
+    return _join(Kind.AGENT, cell, node)
 
 
 def endpoint_service_key(endpoint_key: str) -> str:

@@ -19,6 +19,7 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from meshcore.model.agentstatus import AgentStatus
 from meshcore.model.errors import RecordError
 from meshcore.model.keys import (
     Kind,
@@ -303,7 +304,16 @@ class SyncCanary(_Record):
 
 
 Record = (
-    CellConfig | Heartbeat | Peer | Node | Service | Endpoint | Identity | IpIdentity | SyncCanary
+    CellConfig
+    | Heartbeat
+    | Peer
+    | Node
+    | Service
+    | Endpoint
+    | Identity
+    | IpIdentity
+    | SyncCanary
+    | AgentStatus
 )
 
 RECORD_TYPES: Final[dict[Kind, type[Record]]] = {
@@ -316,6 +326,7 @@ RECORD_TYPES: Final[dict[Kind, type[Record]]] = {
     Kind.IDENTITY: Identity,
     Kind.IP_IDENTITY: IpIdentity,
     Kind.SYNCED: SyncCanary,
+    Kind.AGENT: AgentStatus,
 }
 
 

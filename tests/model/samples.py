@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshcore.model import (
     Affinity,
+    AgentStatus,
     CellConfig,
     Endpoint,
     EndpointPort,
@@ -14,6 +15,7 @@ from meshcore.model import (
     Kind,
     Node,
     Peer,
+    PeerReport,
     Record,
     Service,
     SyncCanary,
@@ -71,4 +73,33 @@ SAMPLES: dict[Kind, Record] = {
     ),
     Kind.IP_IDENTITY: IpIdentity(cell=CELL, ip="10.7.1.5", identity=make_identity_id(CELL_ID, 300)),
     Kind.SYNCED: SyncCanary(cell=CELL, kind=Kind.ENDPOINT, timestamp=1_700_000_002.0),
+    Kind.AGENT: AgentStatus(
+        cell=CELL,
+        node="node-1.east.internal",
+        updated_at=1_700_000_003.0,
+        ready=False,
+        reason="peer west not synced (syncing)",
+        peers=[
+            PeerReport(
+                cell=CELL,
+                cell_id=CELL_ID,
+                local=True,
+                state="ready",
+                synced=True,
+                revision=812,
+                counts={"nodes": 3, "endpoints": 40, "services": 2},
+                heartbeat_age=0.4,
+            ),
+            PeerReport(
+                cell="west",
+                cell_id=9,
+                state="syncing",
+                synced=False,
+                last_error="127.0.0.1:7444: UNAVAILABLE: failed to connect",
+                error_class="tcp",
+            ),
+        ],
+        services=2,
+        backends=40,
+    ),
 }

@@ -1,0 +1,1 @@
+"""The multi-cluster connectivity suite (``meshctl connectivity test --multi-cluster``)."""

@@ -1,0 +1,318 @@
+"""``lab up``: plan, record, then build: PKI, namespaces, cgroups, etcd, meshapi, agents, pods.
+
+Flow: `plan_state` (topology + free loopback ports → a `LabState` naming everything) →
+`save_state` (before anything exists) → `build`, one step at a time, each reported by
+`Progress` as one line on stderr; the state is saved again as each process starts. A step that
+fails raises `UpError` naming the step; the command then tears down what was made
+(``down.teardown``). The control plane listens on 127.0.0.1 only; the data plane lives in the
+lab's namespaces (``netns``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from certs import CertError, Role, create_ca, issue_certificate
+from meshcore.localetcd import free_loopback_port
+from meshctl.contexts import Context, ContextError, add_context
+from meshctl.lab import netns, pods, procs
+from meshctl.lab.state import (
+    CellState,
+    LabState,
+    NodeState,
+    PodState,
+    PortState,
+    ProcessState,
+    save_state,
+    state_dir,
+)
+from meshctl.lab.topology import DEMO_SERVICE, ECHO_PORT, LabPlan
+
+__all__ = ["Progress", "UpError", "build", "console_script", "plan_state"]
+
+TRUST_DOMAIN_SUFFIX = "lab.cellmesh.local"
+HEARTBEAT_INTERVAL = "1"  # meshapi: seconds between heartbeats
+HEARTBEAT_TIMEOUT = "10"  # nodeagent: a peer silent this long is stale
+
+
+class UpError(RuntimeError):
+    """A step of ``up`` failed; ``step`` names it, the message says why."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+class Progress:
+    """One line per finished step on stderr: what was done and how long it took."""
+
+    def __init__(self, lab: str, emit: Callable[[str], None]) -> None:
+        self.lab = lab
+        self.emit = emit
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except UpError:
+            raise
+        except Exception as e:  # every failure of a step is reported with the step's name
+            raise UpError(what, str(e) or type(e).__name__) from e
+        self.emit(f"[lab {self.lab}] {what} ({time.monotonic() - started:.1f}s)")
+
+
+def console_script(name: str) -> str:
+    """A console script of this installation (next to the running interpreter)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            raise UpError("prerequisites", f"{name} is not installed next to {sys.executable}")
+        return found
+    return str(path)
+
+
+class _Ports:
+    """Free loopback ports, never the same one twice in a lab."""
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+
+    def next(self) -> int:
+        while True:
+            port = free_loopback_port()
+            if port not in self.taken:
+                self.taken.add(port)
+                return port
+
+
+def plan_state(plan: LabPlan, *, config_path: Path) -> LabState:
+    directory = state_dir(plan.name)
+    ports = _Ports()
+    cells = []
+    for cell in plan.cells:
+        nodes = []
+        for node in (n for n in plan.nodes if n.cell == cell.name):
+            node_dir = directory / cell.name / node.name
+            nodes.append(
+                NodeState(
+                    name=node.name,
+                    index=node.index,
+                    netns=node.netns,
+                    underlay_veth=node.underlay_veth,
+                    address=str(node.address),
+                    pod_cidr=str(node.pod_cidr),
+                    gateway=str(node.gateway),
+                    cgroup=str(netns.CGROUP_ROOT / node.cgroup_name),
+                    pin_dir=str(netns.PIN_ROOT / node.pin_instance),
+                    tls_dir=str(directory / "pki" / f"{cell.name}-{node.name}"),
+                    workloads=str(node_dir / "workloads.yaml"),
+                    http=f"127.0.0.1:{ports.next()}",
+                    pods=[
+                        PodState(
+                            name=pod.name,
+                            host=int(pod.address) - int(node.pod_cidr.network_address),
+                            address=str(pod.address),
+                            netns=pod.netns,
+                            veth=pod.veth,
+                            services=[DEMO_SERVICE],
+                            ports=[
+                                PortState(name="http", port=ECHO_PORT, protocol="TCP"),
+                                PortState(name="udp", port=ECHO_PORT, protocol="UDP"),
+                            ],
+                        )
+                        for pod in plan.pods
+                        if pod.cell == cell.name and pod.node == node.name
+                    ],
+                )
+            )
+        cells.append(
+            CellState(
+                name=cell.name,
+                id=cell.id,
+                pod_cidr=str(cell.pod_cidr),
+                node_cidr=str(cell.node_cidr),
+                context=plan.context(cell.name),
+                etcd=f"127.0.0.1:{ports.next()}",
+                etcd_peer=f"127.0.0.1:{ports.next()}",
+                meshapi=f"127.0.0.1:{ports.next()}",
+                meshapi_http=f"127.0.0.1:{ports.next()}",
+                meshapi_tls=str(directory / "pki" / f"{cell.name}-meshapi"),
+                admin_tls=str(directory / "pki" / f"{cell.name}-admin"),
+                nodes=nodes,
+            )
+        )
+    return LabState(
+        name=plan.name,
+        created=time.time(),
+        config_path=str(config_path),
+        underlay=plan.underlay_netns,
+        ca_dir=str(directory / "pki" / "ca"),
+        cells=cells,
+    )
+
+
+def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) -> None:
+    """Create everything the state names; on failure raise `UpError` (the caller cleans up)."""
+    directory = state_dir(state.name)
+    logs = directory / "logs"
+    nodes = [(cell, node) for cell in state.cells for node in cell.nodes]
+    all_pods = [(cell, node, pod) for cell, node in nodes for pod in node.pods]
+    with progress.step("prerequisites"):
+        meshapi_bin, agent_bin = console_script("meshapi"), console_script("nodeagent")
+        if shutil.which("etcd") is None:
+            raise RuntimeError("etcd is not installed (Debian etcd-server)")
+        if not (netns.CGROUP_ROOT / "cgroup.procs").exists():
+            raise RuntimeError(f"no cgroup v2 hierarchy at {netns.CGROUP_ROOT}")
+    with progress.step("state recorded"):
+        save_state(state)
+    with progress.step(f"certificates (1 CA, {len(state.cells) * 2 + len(nodes)} leaves)"):
+        _issue_certificates(state)
+    with progress.step(
+        f"namespaces (underlay, {len(nodes)} nodes, {len(all_pods)} pods) and cgroups"
+    ):
+        netns.add_underlay(state.underlay)
+        for _, node in nodes:
+            netns.add_node(
+                netns=node.netns,
+                underlay=state.underlay,
+                underlay_veth=node.underlay_veth,
+                address=f"{node.address}/16",
+                gateway=f"{node.gateway}/{node.pod_cidr.rsplit('/', 1)[1]}",
+            )
+            netns.make_cgroup(Path(node.cgroup).name)
+            for pod in node.pods:
+                pods.create_pod(node, pod)
+    with progress.step(f"etcd ({len(state.cells)})"):
+        for cell in state.cells:
+            argv = _etcd_argv(cell, directory)
+            cell.etcd_process = _start(argv, logs / f"{cell.name}-etcd.log")
+        save_state(state)
+        procs.wait_serving(
+            [(f"etcd of {c.name}", c.etcd, _check(c.etcd_process)) for c in state.cells],
+            path="/health",
+            timeout=timeout,
+            what="healthy",
+        )
+    with progress.step(f"meshapi ({len(state.cells)})"):
+        for cell in state.cells:
+            argv = [
+                meshapi_bin, "--cell", cell.name, "--cell-id", str(cell.id),
+                "--pod-cidr", cell.pod_cidr, "--node-cidr", cell.node_cidr,
+                "--etcd", f"http://{cell.etcd}", "--listen", cell.meshapi,
+                "--tls-dir", cell.meshapi_tls, "--http", cell.meshapi_http,
+                "--heartbeat-interval", HEARTBEAT_INTERVAL,
+            ]  # fmt: skip
+            cell.meshapi_process = _start(argv, logs / f"{cell.name}-meshapi.log")
+        save_state(state)
+        procs.wait_serving(
+            [(f"meshapi of {c.name}", c.meshapi_http, _check(c.meshapi_process))
+             for c in state.cells],
+            path="/healthz",
+            timeout=timeout,
+            what="serving",
+        )  # fmt: skip
+    with progress.step(f"node agents ({len(nodes)})"):
+        for cell, node in nodes:
+            pods.write_workloads(node)
+            node.agent = _start(agent_argv(agent_bin, cell, node), logs / _agent_log(cell, node))
+        save_state(state)
+        procs.wait_serving(
+            [(f"agent {c.name}/{n.name}", n.http, _check(n.agent)) for c, n in nodes],
+            path="/healthz",
+            timeout=timeout,
+            what="serving",
+        )
+    with progress.step(f"pods ({len(all_pods)} echo servers)"):
+        for cell, node, pod in all_pods:
+            pods.start_pod(cell.name, node, pod, logs=logs)
+        save_state(state)
+        pods.wait_ready([pod for _, _, pod in all_pods], timeout=timeout)
+    with progress.step(f"contexts ({', '.join(c.context for c in state.cells)})"):
+        for cell in state.cells:
+            try:
+                add_context(
+                    Path(state.config_path),
+                    Context(cell.context, cell.meshapi, Path(cell.admin_tls)),
+                )
+            except ContextError as e:
+                raise RuntimeError(str(e)) from e
+    if wait:
+        with progress.step("every meshapi and agent ready"):
+            targets = [
+                (f"meshapi of {c.name}", c.meshapi_http, _check(c.meshapi_process))
+                for c in state.cells
+            ] + [(f"agent {c.name}/{n.name}", n.http, _check(n.agent)) for c, n in nodes]
+            procs.wait_serving(targets, path="/readyz", timeout=timeout, what="ready")
+    state.phase = "up"
+    save_state(state)
+
+
+def agent_argv(agent_bin: str, cell: CellState, node: NodeState) -> list[str]:
+    return [
+        agent_bin, "--cell", cell.name, "--node", node.name, "--meshapi", cell.meshapi,
+        "--tls-dir", node.tls_dir, "--cgroup", node.cgroup, "--pin-dir", node.pin_dir,
+        "--http", node.http, "--netns", node.netns, "--node-address", node.address,
+        "--pod-cidr", node.pod_cidr, "--workloads", node.workloads,
+        "--heartbeat-timeout", HEARTBEAT_TIMEOUT,
+    ]  # fmt: skip
+
+
+def _agent_log(cell: CellState, node: NodeState) -> str:
+    return f"{cell.name}-{node.name}-agent.log"
+
+
+def _etcd_argv(cell: CellState, directory: Path) -> list[str]:
+    url = f"http://{cell.etcd}"
+    peer = f"http://{cell.etcd_peer}"
+    return [
+        "etcd", "--name", cell.name, "--data-dir", str(directory / "etcd" / cell.name),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"{cell.name}={peer}", "--initial-cluster-state", "new",
+        "--log-level", "warn",
+    ]  # fmt: skip
+
+
+def _start(argv: list[str], log: Path) -> ProcessState:
+    pid, starttime = procs.spawn(argv, log=log)
+    return ProcessState(argv=argv, log=str(log), pid=pid, starttime=starttime)
+
+
+def _check(process: ProcessState | None) -> procs.ProcessCheck:
+    return lambda: process is not None and procs.alive(process.pid, process.starttime)
+
+
+def _issue_certificates(state: LabState) -> None:
+    ca_dir = Path(state.ca_dir)
+    try:
+        # Backdated a little: a host whose clock lags by seconds still accepts the leaves.
+        create_ca(
+            trust_domain=f"{state.name}.{TRUST_DOMAIN_SUFFIX}",
+            out_dir=ca_dir,
+            now=datetime.now(UTC) - timedelta(minutes=5),
+        )
+        for cell in state.cells:
+            issue_certificate(
+                ca_dir=ca_dir, cell=cell.name, role=Role.MESHAPI, out_dir=Path(cell.meshapi_tls)
+            )
+            issue_certificate(
+                ca_dir=ca_dir, cell=cell.name, role=Role.ADMIN, out_dir=Path(cell.admin_tls)
+            )
+            for node in cell.nodes:
+                issue_certificate(
+                    ca_dir=ca_dir,
+                    cell=cell.name,
+                    role=Role.AGENT,
+                    node=node.name,
+                    out_dir=Path(node.tls_dir),
+                )
+    except CertError as e:
+        raise RuntimeError(str(e)) from e

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import copy
 import gc
-import json
 import multiprocessing
 import os
 import shutil
@@ -50,8 +49,9 @@ from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from harness import BenchError, bench_main, interruptible, raise_on_sigterm
 
 from bpf.layout import IPPROTO_TCP
 from bpf.lbstate import Frontend as LbFrontend
@@ -85,10 +85,6 @@ WRITE_BATCH = 500  # endpoints per admin write while loading
 HEARTBEAT_INTERVAL = 5.0  # meshapi's default
 CHANGE_TIMEOUT = 30.0
 SYNC_TIMEOUT = 300.0  # the initial sync merges the growing service once per listing chunk
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run or saw a wrong result; the message says which."""
 
 
 # --- records ------------------------------------------------------------------------------
@@ -685,7 +681,7 @@ async def measure(res: Resources, tls: dict[str, str], args: argparse.Namespace)
         for inbox in run.inboxes:
             inbox.close()
         loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
 
     to_map, to_event, rpc = zip(*results, strict=True)
     agent_ms, watch_ms = ms(to_map), ms(to_event)
@@ -725,10 +721,6 @@ async def measure(res: Resources, tls: dict[str, str], args: argparse.Namespace)
 # --- main ---------------------------------------------------------------------------------
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backends", type=int, default=10_000, help="endpoints in beta")
@@ -749,25 +741,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"{OBJECT}: no BPF object (run `make setup`)")
     configure_logging("warning")  # structlog to stderr: stdout carries the JSON line only
     res = Resources(Path(tempfile.mkdtemp(prefix="cellmesh-bench-")))
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
+    with interruptible("agent_propagation", res.release):
         tls = make_pki(res.root)
         for cell in CELLS:
             etcd = LocalEtcd(data_dir=res.root / f"etcd-{cell}" / "data")
             res.etcds.append(etcd)  # before start: a half-started one is stopped too
             etcd.start()
         figures = asyncio.run(measure(res, tls, args))
-    finally:
-        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            problems = res.release()
-        finally:
-            signal.signal(signal.SIGINT, interrupt)
-            signal.signal(signal.SIGTERM, previous)
-        for problem in problems:
-            print(f"agent_propagation: left behind: {problem}", file=sys.stderr)
     return {
         "bench": "agent_propagation",
         "kernel": os.uname().release,
@@ -781,16 +761,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        figures = run(parse_args(argv))
-    except BenchError as e:
-        print(f"agent_propagation: {e}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("agent_propagation: interrupted; everything it made is removed", file=sys.stderr)
-        return 130
-    print(json.dumps(figures, separators=(",", ":")))
-    return 0
+    args = parse_args(argv)
+    return bench_main("agent_propagation", lambda: run(args))
 
 
 if __name__ == "__main__":

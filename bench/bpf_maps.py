@@ -25,7 +25,6 @@ import functools
 import gc
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from harness import BenchError, bench_main, interruptible
 
 from bpf.layout import (
     BACKENDS_MAX,
@@ -61,10 +61,6 @@ VIP_PORT = 80
 LOOPBACK = "127.0.0.1"
 CELLS = 2
 BPF_STATS_RUN_TIME = 0
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run or saw a wrong result; the message says which."""
 
 
 def rotated(items: Sequence[str], r: int) -> list[str]:
@@ -222,10 +218,6 @@ def remove_cgroup(path: Path) -> list[str]:
                 (path / "cgroup.kill").write_text("1")
             time.sleep(0.05)
     return []
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # --- 1. map programming -------------------------------------------------------------------
@@ -507,21 +499,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     diff = build_diff(args.backends, args.services)
     token = uuid.uuid4().hex[:10]
     res = Resources()
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
+    with interruptible("bpf_maps", res.release):
         programming, loader, maps = bench_programming(res, token, diff, args.apply_rounds)
         connect = bench_connect(res, token, loader, maps, args.connects, args.rounds)
-    finally:
-        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            problems = res.release()
-        finally:
-            signal.signal(signal.SIGINT, interrupt)
-            signal.signal(signal.SIGTERM, previous)
-        for problem in problems:
-            print(f"bpf_maps: left behind: {problem}", file=sys.stderr)
     return {
         "bench": "bpf_maps",
         "kernel": os.uname().release,
@@ -536,16 +516,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        figures = run(parse_args(argv))
-    except BenchError as e:
-        print(f"bpf_maps: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bpf_maps: interrupted; everything it made is removed", file=sys.stderr)
-        return 130
-    print(json.dumps(figures, separators=(",", ":")))
-    return 0
+    args = parse_args(argv)
+    return bench_main("bpf_maps", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from e2e.driver import MeshDriver
 from e2e.report import Outcome, TestResult, exit_code, format_duration, format_table, report_json
 from e2e.suite import SuiteError, SuiteOptions, TestCase, choose_cells, run_suite, select_tests
 from meshctl.contexts import DEFAULT_CONFIG_PATH, ContextSelection
+from meshctl.output import output_option
 
 __all__ = ["DEFAULT_LAB", "connectivity_group"]
 
@@ -79,14 +80,7 @@ def connectivity_group() -> None:
     help="Run only tests whose name matches (glob, or substring); repeatable.",
 )
 @click.option("--include-disruptive", is_flag=True, help="Also stop meshapis and restart agents.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option()
 @click.option("--lab", "lab", default=DEFAULT_LAB, show_default=True, help="The lab to test.")
 @click.option(
     "--driver",

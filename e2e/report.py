@@ -7,10 +7,11 @@ and ``exit_code`` decides the command's status (1 on any failure or unclean clea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from meshctl.output import format_table as format_rows
 
 __all__ = [
     "Outcome",
@@ -60,15 +61,6 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s"
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    table = [list(headers), *(list(row) for row in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    )
-
-
 def summary_line(report: SuiteReport) -> str:
     """``"7 passed, 1 failed"``, with ``", 3 skipped"`` when any was skipped."""
     text = f"{report.count(Outcome.PASSED)} passed, {report.count(Outcome.FAILED)} failed"
@@ -91,7 +83,7 @@ def format_table(report: SuiteReport) -> str:
         f"Connectivity test: clients in cell {report.source!r}, "
         f"destination cell {report.destination!r}",
         "",
-        _table(("TEST", "RESULT", "DURATION", "DETAIL"), rows),
+        format_rows(("TEST", "RESULT", "DURATION", "DETAIL"), rows),
         "",
     ]
     lines += [f"cleanup: {error}" for error in report.cleanup_errors]

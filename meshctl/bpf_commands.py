@@ -40,7 +40,7 @@ import click
 from bpf.layout import Lb4Backend
 from bpf.lbmaps import LbMapsError
 from bpf.lbstate import PROTO_NAMES, SCOPE_NAMES, MapContents, MapService
-from meshctl.mesh_commands import format_table
+from meshctl.output import format_table, output_option
 
 __all__ = ["bpf_group", "resolve_maps_dir", "service_views", "services_json", "services_table"]
 
@@ -221,14 +221,7 @@ def bpf_group() -> None:
     type=click.Path(path_type=Path),
     help="The pinned maps directory (<bpffs>/cellmesh/<instance>/maps) or its instance directory.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option()
 def services_command(pin_dir: Path, output: str) -> None:
     """Show each frontend in the services map with its backend slots."""
     maps_dir = resolve_maps_dir(pin_dir)

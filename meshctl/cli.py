@@ -33,7 +33,8 @@ from meshctl.contexts import (
 )
 from meshctl.explain_commands import explain_group
 from meshctl.lab import lab_group
-from meshctl.mesh_commands import apply_command, delete_command, format_table, services_command
+from meshctl.mesh_commands import apply_command, delete_command, services_command
+from meshctl.output import format_table, output_option
 from meshctl.status_commands import status_command
 
 __all__ = ["cli", "main"]
@@ -109,14 +110,7 @@ def context_add(
 
 
 @context_group.command("list")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option()
 @click.pass_obj
 def context_list(selection: ContextSelection, output: str) -> None:
     """List the contexts; the current one is marked with '*'."""

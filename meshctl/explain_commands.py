@@ -39,12 +39,12 @@ from meshctl.contexts import (
     ContextSelection,
     load_config,
 )
-from meshctl.mesh_commands import format_table
+from meshctl.output import format_table, output_option
 from nodeagent.merge import CellSource, MergedService, ServiceRef, merge_service
+from nodeagent.peers import DROPPED_STATES
 
 __all__ = ["CellView", "Explanation", "Row", "explain_group", "explain_service"]
 
-DROPPED_STATES = frozenset({"revoked", "disconnected"})  # the agent leaves these cells out
 PARTIAL_STATES = frozenset({"connecting", "syncing"})
 PROBE_TIMEOUT = 3.0
 
@@ -376,14 +376,7 @@ def explain_group() -> None:
     metavar="NAME",
     help="The context of the node's cell [default: the context whose meshapi is that cell].",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option()
 @click.pass_context
 def explain_service_command(
     click_ctx: click.Context,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -30,12 +30,12 @@ from meshcore.client import (
 from meshcore.model import Endpoint, Frontend, Kind, RecordError, Service, parse_key
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection
+from meshctl.output import format_table, output_option
 
 __all__ = [
     "apply_command",
     "delete_command",
     "describe_mesh_error",
-    "format_table",
     "services_command",
 ]
 
@@ -215,16 +215,6 @@ def _service_json(service: Service, endpoints: list[Endpoint]) -> dict[str, Any]
     }
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Left-aligned columns separated by three spaces, kubectl style."""
-    table = [list(headers), *(list(row) for row in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    )
-
-
 def _yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -246,14 +236,7 @@ def _services_table(rows: list[ServiceRow]) -> str:
 
 
 @click.command("services")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option()
 @click.pass_obj
 def services_command(selection: ContextSelection, output: str) -> None:
     """List the cell's services with their frontends and backends."""

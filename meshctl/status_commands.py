@@ -32,7 +32,8 @@ from meshcore.client import MeshApiError, MeshClient
 from meshcore.model import AGENT_STATUS_STALE_AFTER, AgentStatus, Heartbeat, Kind, Peer
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection
-from meshctl.mesh_commands import describe_mesh_error, format_table
+from meshctl.mesh_commands import describe_mesh_error
+from meshctl.output import format_table, output_option
 
 __all__ = ["parse_duration", "status_command", "status_document"]
 
@@ -269,14 +270,7 @@ def format_status(doc: dict[str, Any]) -> str:
     show_default=True,
     help="How long --wait waits (e.g. 30s, 2m, 1h).",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format (json: see 'schema' in the document).",
-)
+@output_option("Output format (json: see 'schema' in the document).")
 @click.pass_obj
 def status_command(
     selection: ContextSelection,

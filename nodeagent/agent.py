@@ -30,7 +30,7 @@ from meshcore.watch.listwatch import BACKOFF
 from nodeagent.cellcache import CellCache, Touched
 from nodeagent.desired import DesiredLb, routes_for_nodes
 from nodeagent.merge import CellSource, MergedService, ServiceRef, merge_service
-from nodeagent.peers import ConfigRefused, PeerState, PeerTarget, PeerWatcher
+from nodeagent.peers import DROPPED_STATES, ConfigRefused, PeerState, PeerTarget, PeerWatcher
 from nodeagent.reconciler import Reconciler
 from nodeagent.selection import ServiceSelection
 
@@ -281,7 +281,7 @@ class Agent:
     def _source(self, w: PeerWatcher, ref: ServiceRef) -> CellSource | None:
         """What ``w``'s cell contributes to ``ref`` now; None while it contributes nothing."""
         cfg = w.cache.config
-        if cfg is None or w.state in (PeerState.REVOKED, PeerState.DISCONNECTED):
+        if cfg is None or w.state in DROPPED_STATES:
             return None
         return CellSource(
             cell=w.cell,
@@ -301,7 +301,7 @@ class Agent:
         return sources
 
     def explain(self, ref: ServiceRef) -> MergedService | None:
-        """The full merge of ``ref`` now, with a decision per endpoint (``meshctl explain``)."""
+        """The full merge of ``ref`` as this agent sees it now, with a decision per endpoint."""
         return merge_service(ref, self._sources(ref))
 
     def _merge_dirty(self) -> None:

@@ -23,27 +23,22 @@ from prometheus_client.registry import Collector
 
 from nodeagent.agent import Agent
 from nodeagent.peers import PeerState, PeerWatcher
+from nodeagent.report import peer_report
 
 
 def peer_status(w: PeerWatcher, now: float) -> dict[str, Any]:
+    """The cell's `PeerReport` (what `meshctl status` sees) plus the watcher's internals."""
+    report = peer_report(w, now)
     watcher = w.watcher
-    age = w.heartbeat_age(now)
     return {
-        "cell": w.cell,
-        "cell_id": w.cache.config.id if w.cache.config else w.target.cell_id,
+        **report.model_dump(mode="json", exclude={"error_class"}),
         "address": w.target.address,
-        "local": w.local,
-        "state": str(w.state),
-        "synced": w.synced_once,
-        "revision": watcher.revision if watcher else 0,
-        "counts": w.cache.kind_counts(),
+        "last_error": w.last_error,  # whole: the record cuts it
+        "last_error_class": report.error_class or None,
         "synced_kinds": sorted(str(k) for k in w.cache.synced_kinds),
         "held_deletes": w.cache.held_deletes,
         "bad_records": dict(watcher.stats.bad_records) if watcher else {},
         "listings": watcher.stats.listings if watcher else 0,
-        "last_error": w.last_error,
-        "last_error_class": str(w.last_error_class) if w.last_error_class else None,
-        "heartbeat_age": round(age, 3) if age is not None else None,
     }
 
 

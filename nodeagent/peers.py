@@ -42,6 +42,10 @@ class PeerState(StrEnum):
     DISCONNECTED = "disconnected"
 
 
+DROPPED_STATES: frozenset[str] = frozenset({PeerState.REVOKED, PeerState.DISCONNECTED})
+"""States whose cell contributes nothing to any merge (its cache is drained)."""
+
+
 class ErrorClass(StrEnum):
     DNS = "dns"
     TCP = "tcp"

@@ -32,6 +32,7 @@ from meshctl.lab.topology import (
     plan_lab,
 )
 from meshctl.lab.up import Progress, UpError, build, plan_state
+from meshctl.output import output_option
 
 __all__ = ["lab_group"]
 
@@ -151,14 +152,7 @@ def up_command(
 
 @lab_group.command("status")
 @_name_option
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format (the JSON is documented in docs/lab.md).",
-)
+@output_option("Output format (the JSON is documented in docs/lab.md).")
 def status_command(name: str, output: str) -> None:
     """Every namespace, address, process and context of lab NAME, and its health."""
     doc = status_document(_load(name))

@@ -31,7 +31,7 @@ from typing import Any
 from meshctl.contexts import ContextError, load_config
 from meshctl.lab import netns, procs
 from meshctl.lab.state import LabState, ProcessState, state_dir
-from meshctl.mesh_commands import format_table
+from meshctl.output import format_table
 
 __all__ = ["SCHEMA", "status_document", "status_tables"]
 

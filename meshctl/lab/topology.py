@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from meshcore.model.names import check_dns_label
+
 __all__ = [
     "CELL_NAMES",
     "MAX_CELLS",
@@ -58,7 +60,6 @@ POD_LINK = "eth0"  # in a pod namespace: its end of the veth to the node's pod b
 DEMO_SERVICE = ("demo", "echo")
 ECHO_PORT = 8080
 
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CELLS = "|".join(CELL_NAMES)
 _NODE = r"node\d{1,2}"
 
@@ -68,7 +69,13 @@ class TopologyError(ValueError):
 
 
 def check_lab_name(name: str) -> str:
-    if len(name) > MAX_LAB_NAME or not _LABEL.fullmatch(name):
+    try:
+        check_dns_label(name)
+    except ValueError:
+        ok = False
+    else:
+        ok = len(name) <= MAX_LAB_NAME
+    if not ok:
         raise TopologyError(
             f"lab name {name!r} is not a DNS label of at most {MAX_LAB_NAME} characters "
             "(lowercase letters, digits and '-', starting and ending with a letter or digit)"
@@ -77,11 +84,12 @@ def check_lab_name(name: str) -> str:
 
 
 def check_pod_name(name: str) -> str:
-    if len(name) > 63 or not _LABEL.fullmatch(name):
+    try:
+        return check_dns_label(name)
+    except ValueError:
         raise TopologyError(
             f"pod name {name!r} is not a DNS label (lowercase letters, digits and '-')"
-        )
-    return name
+        ) from None
 
 
 @dataclass(frozen=True)

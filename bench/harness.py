@@ -1,0 +1,59 @@
+"""What every `bench/` script shares: its error type, signal-safe clean-up, and its ``main``.
+
+A bench builds real resources (etcd processes, pinned maps, cgroups), so Ctrl-C and SIGTERM must
+end in the same clean-up as a normal run: `interruptible` turns SIGTERM into KeyboardInterrupt
+inside its body and runs the release with both signals ignored, so a second signal cannot cut it
+short. `bench_main` prints the figures as ONE JSON line (exit 0), a `BenchError` as one line
+(exit 1), an interrupt as one line (exit 130).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run or saw a wrong result; the message says which."""
+
+
+def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def interruptible(name: str, release: Callable[[], list[str]]) -> Iterator[None]:
+    """Run the body with SIGTERM as KeyboardInterrupt; then ``release()``, shielded from both
+    signals, and print what it could not remove."""
+    previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        yield
+    finally:
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            problems = release()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            signal.signal(signal.SIGTERM, previous)
+        for problem in problems:
+            print(f"{name}: left behind: {problem}", file=sys.stderr)
+
+
+def bench_main(name: str, run: Callable[[], dict[str, Any]]) -> int:
+    try:
+        figures = run()
+    except BenchError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"{name}: interrupted; everything it made is removed", file=sys.stderr)
+        return 130
+    print(json.dumps(figures, separators=(",", ":")))
+    return 0

@@ -104,7 +104,10 @@ def add_node(*, netns: str, underlay: str, underlay_veth: str, address: str, gat
     _in(underlay, "link", "set", underlay_veth, "master", UNDERLAY_BRIDGE, "up")
     _in(netns, "addr", "add", address, "dev", NODE_UPLINK)
     _in(netns, "link", "set", NODE_UPLINK, "up")
-    _in(netns, "link", "add", POD_BRIDGE, "type", "bridge")
+    # A bridge without a MAC of its own takes the lowest of its ports' and changes it whenever
+    # a pod's veth comes or goes; the pods' neighbour entries for the gateway would then point
+    # at a MAC nobody answers to, and their traffic would vanish until the entries expire.
+    _in(netns, "link", "add", POD_BRIDGE, "address", mac_for(gateway), "type", "bridge")
     _in(netns, "addr", "add", gateway, "dev", POD_BRIDGE)
     _in(netns, "link", "set", POD_BRIDGE, "up")
     _sysctl(netns, "net.ipv4.ip_forward=1")

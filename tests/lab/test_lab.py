@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,8 +151,21 @@ def test_exec_names_the_valid_pods_for_a_bad_target(mesh_lab: Lab) -> None:
     assert "Traceback" not in unknown.stderr + malformed.stderr
 
 
+def _bridge_mac(netns: str) -> str:
+    links = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-n", netns, "link", "show", "br-pods"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    return str(links[0]["address"])
+
+
 def test_driver_adds_readies_and_deletes_pods(connected: Lab) -> None:
     driver = LabDriver(connected.name, connected.config)
+    node_netns = connected.status()["cells"][1]["nodes"][1]["netns"]
+    gateway_mac = _bridge_mac(node_netns)
+    assert gateway_mac == "02:00:0a:02:02:01"  # from the gateway 10.2.2.1, not from a port
     assert driver.cells() == ["alpha", "beta"]
     assert driver.nodes("beta") == ["node0", "node1"]
     assert driver.context("beta") == f"{connected.name}-beta"
@@ -178,6 +192,8 @@ def test_driver_adds_readies_and_deletes_pods(connected: Lab) -> None:
     beta1 = connected.status()["cells"][1]["nodes"][1]
     assert [p["name"] for p in beta1["pods"]] == ["echo-1-0"]
     assert not Path(f"/var/run/netns/{beta1['netns']}-11").exists()
+    # Pods coming and going never move the gateway's MAC (the pods' neighbour entries hold it).
+    assert _bridge_mac(node_netns) == gateway_mac
 
 
 def test_driver_restarts_the_control_plane(connected: Lab) -> None:

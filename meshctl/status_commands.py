@@ -247,7 +247,7 @@ def format_status(doc: dict[str, Any]) -> str:
     ]
     if rows:
         headers = ("NODE", "CELL", "STATE", "SYNCED", "NODES", "ENDPOINTS", "SERVICES",
-                   "IDENTITIES", "ERROR", "HEARTBEAT", "REPORTED")  # fmt: skip
+                   "IDENTITIES", "LAST-ERROR", "HEARTBEAT", "REPORTED")  # fmt: skip
         lines += ["", format_table(headers, rows)]
     lines.append("")
     lines.append("Status:  ready" if doc["ready"] else "Status:  not ready")

@@ -68,22 +68,23 @@ def run(
     )
 
 
-def _ip_json(*args: str) -> Any:
+def ip_json(*args: str) -> Any:
+    """``ip -j ARGS``, parsed."""
     out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout or "[]")
 
 
 def root_netns_snapshot() -> dict[str, Any]:
     """The host namespace's links, addresses and routes (address lifetimes left out)."""
-    addrs = _ip_json("addr")
+    addrs = ip_json("addr")
     for link in addrs:
         for info in link.get("addr_info", []):
             info.pop("valid_life_time", None)
             info.pop("preferred_life_time", None)
     return {
-        "links": _ip_json("link"),
+        "links": ip_json("link"),
         "addrs": addrs,
-        "routes": _ip_json("route", "show", "table", "all"),
+        "routes": ip_json("route", "show", "table", "all"),
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from e2e.driver import PodSpec, PortSpec
 from meshcore.client import MeshClient
 from meshcore.model import Peer
 from meshctl.lab import LabDriver
-from tests.lab.conftest import Lab, cleaned_up, new_lab
+from tests.lab.conftest import Lab, cleaned_up, ip_json, new_lab
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +151,7 @@ def test_exec_names_the_valid_pods_for_a_bad_target(mesh_lab: Lab) -> None:
 
 
 def _bridge_mac(netns: str) -> str:
-    links = json.loads(
-        subprocess.run(
-            ["ip", "-j", "-n", netns, "link", "show", "br-pods"],
-            capture_output=True, text=True, check=True,
-        ).stdout
-    )  # fmt: skip
-    return str(links[0]["address"])
+    return str(ip_json("-n", netns, "link", "show", "br-pods")[0]["address"])
 
 
 def test_driver_adds_readies_and_deletes_pods(connected: Lab) -> None:

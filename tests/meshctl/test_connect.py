@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 
 from bpf.lbmaps import FakeLbMaps
@@ -31,15 +29,6 @@ from meshctl.contexts import Context, add_context
 from nodeagent.agent import Agent, AgentConfig
 from nodeagent.peers import PeerState
 from tests.conftest import CELL_CIDRS, CELL_IDS, Pki, wait_for
-
-
-@pytest.fixture(autouse=True)
-def server_logs_outside_cli_output() -> Iterator[None]:
-    """The in-process servers log to stderr, never into what CliRunner captures as stdout."""
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    yield
-    structlog.configure(**saved)
 
 
 @dataclass

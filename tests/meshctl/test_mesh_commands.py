@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 
 from certs import Role
@@ -59,19 +57,6 @@ spec:
   clusterIP: 10.96.0.12
   ports: [{name: http, port: 70000}]
 """
-
-
-@pytest.fixture(autouse=True)
-def server_logs_outside_cli_output() -> Iterator[None]:
-    """Keep the in-process meshapi's log lines out of what CliRunner captures as meshctl's output.
-
-    CliRunner swaps ``sys.stdout`` for the whole process while a command runs, and structlog's
-    default logger prints to whatever ``sys.stdout`` is at the time.
-    """
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    yield
-    structlog.configure(**saved)
 
 
 class Mesh:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from click.testing import CliRunner, Result
 
 from bpf.lbmaps import FakeLbMaps
@@ -30,14 +28,6 @@ from nodeagent.app import AgentApp
 from tests.conftest import Pki
 from tests.nodeagent.conftest import ALPHA_ENDPOINTS, BETA_ENDPOINTS, Mesh, agent_config
 from tests.nodeagent.conftest import mesh as mesh  # the two-cell fixture, re-exported here
-
-
-@pytest.fixture(autouse=True)
-def server_logs_outside_cli_output() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ DEB_PACKAGES := etcd-server etcd-client clang llvm libbpf-dev bpftool iproute2 o
 APT_STAMP := .setup-stamp-apt
 VENV_STAMP := .setup-stamp-venv
 
-.PHONY: setup test lint unit proto proto-check clean demo demo-down
+.PHONY: setup test lint unit proto proto-check clean demo demo-down bench
 
 setup: $(APT_STAMP) $(VENV_STAMP) bpf/sock_lb.o
 
@@ -56,6 +56,13 @@ unit: setup
 	GRPC_VERBOSITY=ERROR $(BIN)/pytest -q
 
 test: setup lint unit
+
+# The benchmarks, as root (docs/benchmarks.md): each script prints ONE JSON line. `make test`
+# runs the quick ratio check of bench/bpf_maps.py and a reduced bench/scale_peer.py (tests/bench).
+bench: setup
+	$(BIN)/python bench/bpf_maps.py
+	$(BIN)/python bench/agent_propagation.py
+	$(BIN)/python bench/scale_peer.py
 
 # The local two-cell lab, connected, with a global demo service, checked by the connectivity
 # suite; it stays up for you to explore (`make demo-down` or `meshctl lab down` removes it).

@@ -1,7 +1,7 @@
 """Datapath benchmark (issue 3): map programming speed and connect rate through the socket LB.
 
 Run as root from the repository: ``.venv/bin/python bench/bpf_maps.py [--backends 100000
---services 10000 --connects 2000 --rounds 10 --apply-rounds 3]``; prints ONE JSON line.
+--services 10000 --connects 2000 --rounds 10 --apply-rounds 3] [--quick]``; prints ONE JSON line.
 
 1. Map programming: one `LbDiff` (backends in two cells, services of backends/services
    backends each) goes into fresh loader instances through `PinnedLbMaps(batch=True)` and
@@ -13,6 +13,9 @@ Run as root from the repository: ``.venv/bin/python bench/bpf_maps.py [--backend
    interleaved in chunks of 50; then it moves itself to ``plain`` and dials the backend with no
    program at all. Last, the program's own run time per connect (BPF_ENABLE_STATS, held only
    for that phase).
+3. Scaling (``--quick`` runs only this; ``make test`` runs it through tests/bench): 1 000 and
+   10 000 services of 10 applied in one run; fails when 10x the services takes more than 30x
+   the time (issue 11: a quadratic walk in `LbMaps` made it ~100x).
 
 Loopback only. Everything it creates (pins, cgroup directories, processes) is removed in
 ``finally``, also on Ctrl-C or SIGTERM. See docs/benchmarks.md.
@@ -473,6 +476,63 @@ def bench_connect(
     }
 
 
+# --- 3. scaling: does 10x the services cost 10x the time? ---------------------------------
+
+SCALING_SIZES = (1_000, 10_000)  # services, of SCALING_PER backends each
+SCALING_PER = 10
+SCALING_ROUNDS = 3
+SCALING_RATIO_MAX = 30.0  # linear is ~10; the quadratic walk of issue 11 gave ~100
+
+
+def _scaling_figures(
+    figures: dict[str, Any],
+    seconds: dict[str, dict[int, list[float]]],
+    pick: Callable[[list[float]], float],
+) -> tuple[dict[str, Any], float]:
+    """Per mode: the picked time of each size and their ratio; and the worst ratio."""
+    small, large = SCALING_SIZES
+    for mode, by_size in seconds.items():
+        s_small, s_large = statistics.median(by_size[small]), pick(by_size[large])
+        figures[mode] = {
+            f"apply_{small}_s": round(s_small, 4),
+            f"apply_{large}_s": round(s_large, 4),
+            "ratio": round(s_large / s_small, 1),
+        }
+    return figures, max(figures[mode]["ratio"] for mode in seconds)
+
+
+def bench_scaling(res: Resources, token: str) -> dict[str, Any]:
+    """Apply two sizes in one run, each to fresh pinned maps (batch) and to maps that do nothing;
+    medians of SCALING_ROUNDS. A ratio, not a time: it holds on a slow or busy machine too."""
+    small, large = SCALING_SIZES
+    figures: dict[str, Any] = {"sizes": list(SCALING_SIZES), "backends_per_service": SCALING_PER}
+    seconds: dict[str, dict[int, list[float]]] = {"python": {}, "batch": {}}
+    for n in SCALING_SIZES:
+        diff = build_diff(n * SCALING_PER, n)
+        NullLbMaps().apply(diff)  # warm-up
+        for r in range(SCALING_ROUNDS):
+            seconds["python"].setdefault(n, []).append(
+                timed(functools.partial(NullLbMaps().apply, diff))
+            )
+            loader = new_instance(res, f"{token}-scale-{n}-{r}")
+            maps = PinnedLbMaps(loader.maps_dir)
+            res.maps.append(maps)
+            seconds["batch"].setdefault(n, []).append(timed(functools.partial(maps.apply, diff)))
+            if maps.stats.entries_written != entries_of(diff):
+                raise BenchError(f"scaling: {maps.stats.entries_written} entries written")
+            res.drop(loader, maps)
+            if n == large and _scaling_figures(figures, seconds, min)[1] > SCALING_RATIO_MAX:
+                break  # even the fastest large round is over the limit: so is the median
+    worst = _scaling_figures(figures, seconds, statistics.median)[1]
+    figures["ratio_max"] = SCALING_RATIO_MAX
+    if worst > SCALING_RATIO_MAX:
+        raise BenchError(
+            f"apply is not linear: {large // small}x the services took {worst}x the time "
+            f"(limit {SCALING_RATIO_MAX}x): {json.dumps(figures)}"
+        )
+    return figures
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -483,6 +543,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connects", type=int, default=2000, help="per target and round")
     parser.add_argument("--rounds", type=int, default=10, help="connect rounds")
     parser.add_argument("--apply-rounds", type=int, default=3, help="map programming rounds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"only the scaling check: {SCALING_SIZES} services applied in one run",
+    )
     args = parser.parse_args(argv)
     if min(args.connects, args.rounds, args.apply_rounds) < 1:
         parser.error("--connects, --rounds and --apply-rounds must be at least 1")
@@ -496,22 +561,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"{OBJECT}: no BPF object (run `make setup`)")
     if not (CGROUP_ROOT / "cgroup.procs").exists():
         raise BenchError(f"{CGROUP_ROOT}: not a cgroup v2 mount")
-    diff = build_diff(args.backends, args.services)
     token = uuid.uuid4().hex[:10]
     res = Resources()
-    with interruptible("bpf_maps", res.release):
-        programming, loader, maps = bench_programming(res, token, diff, args.apply_rounds)
-        connect = bench_connect(res, token, loader, maps, args.connects, args.rounds)
-    return {
+    head = {
         "bench": "bpf_maps",
         "kernel": os.uname().release,
         "nproc": os.cpu_count(),
         "libbpf": libbpf_version(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    if args.quick:
+        with interruptible("bpf_maps", res.release):
+            return {**head, "quick": True, "scaling": bench_scaling(res, token)}
+    diff = build_diff(args.backends, args.services)
+    with interruptible("bpf_maps", res.release):
+        programming, loader, maps = bench_programming(res, token, diff, args.apply_rounds)
+        connect = bench_connect(res, token, loader, maps, args.connects, args.rounds)
+        scaling = bench_scaling(res, token)
+    return {
+        **head,
         "backends": args.backends,
         "services": args.services,
         "backends_per_service": args.backends // args.services,
         "programming": programming,
         "connect": connect,
+        "scaling": scaling,
     }
 
 

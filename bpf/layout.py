@@ -27,10 +27,46 @@ REVERSE_NAT_MAP: Final = "cm_lb4_reverse_nat"
 REVERSE_SK_MAP: Final = "cm_lb4_reverse_sk"
 MAP_NAMES: Final = (SERVICES_MAP, BACKENDS_MAP, REVERSE_NAT_MAP, REVERSE_SK_MAP)
 
-SERVICES_MAX: Final = 262144
-BACKENDS_MAX: Final = 262144
-REVERSE_NAT_MAX: Final = 65536
+# Default capacities (the object's defaults too: CM_LB4_*_MAX in lb_maps.h). The loader sets the
+# LB maps' sizes from `MapSizes` (the agent's `--bpf-lb-map-max`) before it loads the object.
+# 524 288 holds Cilium's scale test (250 000 endpoints in 25 000 services of 10: 275 000 service
+# entries, 250 000 backends) with room to spare; preallocated, the services map takes ~45 MiB.
+LB_MAP_MAX_DEFAULT: Final = 524288
+SERVICES_MAX: Final = LB_MAP_MAX_DEFAULT
+BACKENDS_MAX: Final = LB_MAP_MAX_DEFAULT
+REVERSE_NAT_MAX: Final = 65536  # the key is a u16 rev_nat_id: more can never be used
 REVERSE_SK_MAX: Final = 65536
+LB_MAP_MAX_MIN: Final = 16
+
+
+@dataclass(frozen=True)
+class MapSizes:
+    """Capacities (max_entries) of the LB maps, set at load time from the agent's flags."""
+
+    services: int = SERVICES_MAX
+    backends: int = BACKENDS_MAX
+    reverse_nat: int = REVERSE_NAT_MAX
+
+    def __post_init__(self) -> None:
+        for name in ("services", "backends", "reverse_nat"):
+            value = getattr(self, name)
+            if not LB_MAP_MAX_MIN <= value <= 1 << 24:
+                raise ValueError(f"map size {name}={value} out of range {LB_MAP_MAX_MIN}..2^24")
+        if self.reverse_nat > REVERSE_NAT_MAX:
+            raise ValueError(f"reverse_nat={self.reverse_nat}: its u16 key allows 65536")
+
+    @classmethod
+    def from_lb_map_max(cls, lb_map_max: int) -> Self:
+        """Cilium's `--bpf-lb-map-max`: one size for the services and backends maps."""
+        return cls(lb_map_max, lb_map_max, min(lb_map_max, REVERSE_NAT_MAX))
+
+    def by_map(self) -> dict[str, int]:
+        return {
+            SERVICES_MAP: self.services,
+            BACKENDS_MAP: self.backends,
+            REVERSE_NAT_MAP: self.reverse_nat,
+        }
+
 
 # --- programs ---------------------------------------------------------------------------
 

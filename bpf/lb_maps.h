@@ -21,8 +21,10 @@
 #define CM_IPPROTO_TCP 6
 #define CM_IPPROTO_UDP 17
 
-#define CM_LB4_SERVICES_MAX 262144
-#define CM_LB4_BACKENDS_MAX 262144
+/* Defaults: the agent sets the LB maps' sizes at load time (--bpf-lb-map-max,
+ * bpf_map__set_max_entries), so these only matter to other loaders. */
+#define CM_LB4_SERVICES_MAX 524288
+#define CM_LB4_BACKENDS_MAX 524288
 #define CM_LB4_REV_NAT_MAX 65536
 #define CM_LB4_REVERSE_SK_MAX 65536
 

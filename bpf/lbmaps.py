@@ -18,6 +18,12 @@ landed; a service caught half-written is dropped from the view (so the next diff
 while its backends stay protected from deletion. Retrying the same diff, or the diff between
 `state` and the desired state, converges.
 
+A full map (the kernel's E2BIG / ENOSPC) raises `MapFull`. Nothing the maps held before is
+deleted to make room, but what the refused write itself left behind is taken out again, so that
+room is not held by entries no master reaches: the slots and masters of services the maps held
+nothing of, and the slots past the old count of services that could not grow (such a service
+keeps its old entry, in the maps and in the view).
+
 Three implementations share that logic and differ only in three primitives (write, delete, read
 raw entries): `PinnedLbMaps` (bpf/pinned_maps.py: the kernel's pinned maps), `FakeLbMaps` (dicts
 of packed bytes, the same encodings and size limits) and `FaultyLbMaps` (wraps either; fails at a
@@ -33,7 +39,7 @@ import random
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, compress, count
 from operator import ne
 from typing import Final, TypeVar
@@ -51,6 +57,7 @@ from bpf.layout import (
     Lb4Key,
     Lb4ReverseNat,
     Lb4Service,
+    MapSizes,
     pack_backend_id,
     pack_rev_nat_id,
 )
@@ -86,6 +93,20 @@ class LbMapsError(RuntimeError):
     """A map operation failed; the view holds what surely landed. Retry the diff."""
 
 
+class MapFull(LbMapsError):
+    """A write was refused because the map holds `capacity` entries (E2BIG / ENOSPC).
+
+    Not worth a hot retry: it can only succeed once something leaves that map (or the agent is
+    restarted with bigger maps). Nothing was deleted to make room, and nothing will be.
+    """
+
+    def __init__(self, map_name: str, capacity: int, detail: str = "") -> None:
+        message = f"{map_name}: map full ({capacity} entries)"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.map_name = map_name
+        self.capacity = capacity
+
+
 class InvalidDiff(ValueError):
     """The diff is refused as a whole before anything is written; the message names the entry."""
 
@@ -97,6 +118,10 @@ class LbMapsStats:
     entries_written: int = 0
     entries_deleted: int = 0
     failed_applies: int = 0
+    # Entries that left each map (deleted ones, not missing keys), and of those the entries of
+    # services a full map refused, taken out again (they never made room for anything).
+    deleted_in: dict[str, int] = field(default_factory=dict)
+    entries_unwound: int = 0
 
 
 # --- the shared logic ------------------------------------------------------------------------
@@ -135,6 +160,15 @@ class LbMaps(ABC):
     @abstractmethod
     def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of the map, packed."""
+
+    def _remove(self, map_name: str, keys: Sequence[bytes]) -> None:
+        """`_delete`, counting per map what left it (a full map's room comes from there)."""
+        before = self.stats.entries_deleted
+        try:
+            self._delete(map_name, keys)
+        finally:
+            gone = self.stats.entries_deleted - before
+            self.stats.deleted_in[map_name] = self.stats.deleted_in.get(map_name, 0) + gone
 
     # public ---------------------------------------------------------------------------
 
@@ -244,7 +278,10 @@ class LbMaps(ABC):
                 raise InvalidDiff(f"{where}: a backend id appears in two slots")
             have = self._view.services.get(fe)
             fresh = ids.difference(have.backend_ids) if have is not None else ids
-            fresh.update(b for b in diff.backends if b in ids)  # deleted / rewritten here
+            # Ids of this service the diff also deletes or rewrites: a keys-view & set
+            # intersection walks the smaller side, never every backend of the diff once per
+            # service (that walk made an apply quadratic: 10 000 services of 10 took 5.6 s).
+            fresh |= diff.backends.keys() & ids
             for bid in sorted(fresh):
                 if not backend_exists(bid):
                     raise InvalidDiff(f"{where}: backend {bid} does not exist")
@@ -301,9 +338,14 @@ class LbMaps(ABC):
             self._update(REVERSE_NAT_MAP, [(pack_rev_nat_id(r), v.pack()) for r, v in rn.items()])
             self._rev_nat.update(rn)
         # 3. slots, then masters; the view forgets these services until the masters landed.
+        # Services the maps hold nothing of yet: unwound if a full map refuses the write.
+        fresh = [fe for fe in changed if fe not in self._slots_high]
+        olds: dict[Frontend, ServiceEntry] = {}  # what the maps surely held of the others
         slots: list[tuple[bytes, bytes]] = []
         for fe, entry in changed.items():
             old = view.services.pop(fe, None)
+            if old is not None:
+                olds[fe] = old
             old_ids = old.backend_ids if old else ()
             if old is not None and self._rev_nat_owner.get(old.rev_nat_id) == fe:
                 del self._rev_nat_owner[old.rev_nat_id]
@@ -317,13 +359,21 @@ class LbMaps(ABC):
                 slots.append((fe.key(slot).pack(), Lb4Service(ids[slot - 1], 0, 0).pack()))
             high = max(self._slots_high.get(fe, 0), len(entry.backend_ids))
             self._slots_high[fe] = high
-        if slots:
-            self._update(SERVICES_MAP, slots)
         masters = [
             (fe.key().pack(), Lb4Service(0, len(e.backend_ids), e.rev_nat_id, e.flags).pack())
             for fe, e in changed.items()
         ]
-        self._update(SERVICES_MAP, masters)
+        masters_tried = False
+        try:
+            if slots:
+                self._update(SERVICES_MAP, slots)
+            masters_tried = True
+            self._update(SERVICES_MAP, masters)
+        except MapFull:
+            if not masters_tried:  # no master changed: every old one still holds its count
+                self._shrink_back(olds, changed)
+            self._unwind(fresh, changed)
+            raise
         for fe, entry in changed.items():
             view.services[fe] = entry
             self._rev_nat_owner[entry.rev_nat_id] = fe
@@ -334,10 +384,67 @@ class LbMaps(ABC):
             else:
                 self._unclean.discard(fe)
 
+    def _unwind(self, fresh: list[Frontend], changed: dict[Frontend, ServiceEntry]) -> None:
+        """A full map refused part of a write: take the new services' entries out again.
+
+        Their slots (and any master that landed) would otherwise hold room that no complete
+        service uses, so that a retry one service at a time could fit none. Only services the
+        maps held nothing of before this write are unwound; a changed service keeps its old
+        master and slots (half-written, as after any failed write).
+        """
+        keys = [fe.key(s).pack() for fe in fresh for s in range(self._slots_high[fe] + 1)]
+        deleted = self.stats.entries_deleted
+        try:
+            self._remove(SERVICES_MAP, keys)
+        except LbMapsError:
+            return  # they stay half-written: the next write or delete of each fixes it
+        finally:
+            self.stats.entries_unwound += self.stats.entries_deleted - deleted
+        for fe in fresh:
+            self._set_possible(fe, frozenset())
+            del self._slots_high[fe]
+            self._unclean.discard(fe)
+            rev_nat_id = changed[fe].rev_nat_id
+            if rev_nat_id not in self._rev_nat_owner:
+                self._pending_rev_nat.add(rev_nat_id)
+
+    def _shrink_back(
+        self, olds: dict[Frontend, ServiceEntry], changed: dict[Frontend, ServiceEntry]
+    ) -> None:
+        """A full map refused the slots of changed services before any master was written:
+        delete the slots past each old count (no master reaches them) and, where slots 1..count
+        still hold the old ids (the service only grew), take the old entry back into the view."""
+        keys = [
+            fe.key(s).pack()
+            for fe, old in olds.items()
+            for s in range(len(old.backend_ids) + 1, self._slots_high[fe] + 1)
+        ]
+        deleted = self.stats.entries_deleted
+        try:
+            self._remove(SERVICES_MAP, keys)
+        except LbMapsError:
+            return  # they stay half-written: the next write or delete of each fixes it
+        finally:
+            self.stats.entries_unwound += self.stats.entries_deleted - deleted
+        for fe, old in olds.items():
+            self._slots_high[fe] = len(old.backend_ids)
+            if changed[fe].backend_ids[: len(old.backend_ids)] != old.backend_ids:
+                continue  # a slot in 1..count holds a new id: half-written until rewritten
+            current = self._rev_nat_owner.get(old.rev_nat_id)
+            if current is not None and current != fe:
+                continue
+            self._view.services[fe] = old
+            self._rev_nat_owner[old.rev_nat_id] = fe
+            self._pending_rev_nat.discard(old.rev_nat_id)
+            if changed[fe].rev_nat_id not in self._rev_nat_owner:
+                self._pending_rev_nat.add(changed[fe].rev_nat_id)
+            self._set_possible(fe, frozenset(old.backend_ids))
+            self._unclean.discard(fe)
+
     def _delete_services(self, gone: list[Frontend]) -> None:
         view = self._view
         # 4. masters first: the datapath stops translating at once.
-        self._delete(SERVICES_MAP, [fe.key().pack() for fe in gone])
+        self._remove(SERVICES_MAP, [fe.key().pack() for fe in gone])
         for fe in gone:
             old = view.services.pop(fe, None)
             if old is not None and self._rev_nat_owner.get(old.rev_nat_id) == fe:
@@ -360,7 +467,7 @@ class LbMaps(ABC):
                 low = len(entry.backend_ids) + 1 if entry is not None else 1
                 keys.extend(fe.key(s).pack() for s in range(low, self._slots_high[fe] + 1))
             if keys:
-                self._delete(SERVICES_MAP, keys)
+                self._remove(SERVICES_MAP, keys)
             for fe in unclean:
                 entry = view.services.get(fe)
                 if entry is None and fe in self._possible:
@@ -372,13 +479,13 @@ class LbMaps(ABC):
                     self._slots_high[fe] = len(entry.backend_ids)
         rn = sorted(r for r in self._pending_rev_nat if r not in self._rev_nat_owner)
         if rn:
-            self._delete(REVERSE_NAT_MAP, [pack_rev_nat_id(r) for r in rn])
+            self._remove(REVERSE_NAT_MAP, [pack_rev_nat_id(r) for r in rn])
             for r in rn:
                 self._rev_nat.pop(r, None)
                 self._pending_rev_nat.discard(r)
         dead = sorted(b for b in self._pending_backends if self._refs[b] == 0)
         if dead:
-            self._delete(BACKENDS_MAP, [pack_backend_id(b) for b in dead])
+            self._remove(BACKENDS_MAP, [pack_backend_id(b) for b in dead])
             for b in dead:
                 view.backends.pop(b, None)
                 self._pending_backends.discard(b)
@@ -407,12 +514,16 @@ class FakeLbMaps(LbMaps):
     Pass the `store` of a previous instance to model an agent restart over pinned maps.
     """
 
-    def __init__(self, store: dict[str, dict[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, store: dict[str, dict[bytes, bytes]] | None = None, *, sizes: MapSizes | None = None
+    ) -> None:
         super().__init__()
         self.store = store if store is not None else {name: {} for name in MAP_SHAPES}
+        self.capacity = (sizes or MapSizes()).by_map()
 
     def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        key_size, value_size, capacity = MAP_SHAPES[map_name]
+        key_size, value_size, _ = MAP_SHAPES[map_name]
+        capacity = self.capacity[map_name]
         table = self.store[map_name]
         for chunk in chunks(items):
             self.stats.batch_calls += 1
@@ -420,7 +531,7 @@ class FakeLbMaps(LbMaps):
                 if len(key) != key_size or len(value) != value_size:
                     raise LbMapsError(f"{map_name}: entry of wrong size")
                 if key not in table and len(table) >= capacity:
-                    raise LbMapsError(f"{map_name}: map full ({capacity} entries): E2BIG")
+                    raise MapFull(map_name, capacity, "E2BIG")
                 table[key] = value
                 self.stats.entries_written += 1
 
@@ -461,15 +572,18 @@ class FaultyLbMaps(LbMaps):
         if cut is None:
             self.inner._update(map_name, items)
             return
-        self.inner._update(map_name, items[:cut])
+        self.inner._update(map_name, items[:cut])  # a full map raises its own MapFull here
         raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(items)} updates")
 
     def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
         cut = self._fault(len(keys))
+        before = self.inner.stats.entries_deleted
+        try:
+            self.inner._delete(map_name, keys if cut is None else keys[:cut])
+        finally:
+            self.stats.entries_deleted += self.inner.stats.entries_deleted - before
         if cut is None:
-            self.inner._delete(map_name, keys)
             return
-        self.inner._delete(map_name, keys[:cut])
         raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(keys)} deletes")
 
     def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:

@@ -83,6 +83,8 @@ _sig("bpf_object__find_map_by_name", c_void_p, c_void_p, ctypes.c_char_p)
 _sig("bpf_object__find_program_by_name", c_void_p, c_void_p, ctypes.c_char_p)
 _sig("bpf_map__set_pin_path", ctypes.c_int, c_void_p, ctypes.c_char_p)
 _sig("bpf_map__fd", ctypes.c_int, c_void_p)
+_sig("bpf_map__set_max_entries", ctypes.c_int, c_void_p, ctypes.c_uint32)
+_sig("bpf_map__max_entries", ctypes.c_uint32, c_void_p)
 _sig("bpf_program__fd", ctypes.c_int, c_void_p)
 _sig("bpf_program__attach_cgroup", c_void_p, c_void_p, ctypes.c_int)
 _sig("bpf_link__pin", ctypes.c_int, c_void_p, ctypes.c_char_p)
@@ -133,3 +135,18 @@ def check_syscall(call: str, rc: int) -> int:
         err = ctypes.get_errno() if rc == -1 else -rc
         raise LibbpfError(call, err or errno.EINVAL)
     return rc
+
+
+_INFO_MAX_ENTRIES = 16  # offset of max_entries in struct bpf_map_info (linux/bpf.h)
+
+
+def pinned_map_max_entries(path: bytes) -> int:
+    """max_entries of the map pinned at path (raises LibbpfError when it cannot be read)."""
+    fd = check_syscall(f"bpf_obj_get {path.decode(errors='replace')}", lib.bpf_obj_get(path))
+    try:
+        info = ctypes.create_string_buffer(128)
+        size = ctypes.c_uint32(len(info))
+        check_syscall("bpf_obj_get_info_by_fd", lib.bpf_obj_get_info_by_fd(fd, info, size))
+        return int.from_bytes(info.raw[_INFO_MAX_ENTRIES : _INFO_MAX_ENTRIES + 4], "little")
+    finally:
+        os.close(fd)

@@ -10,14 +10,23 @@ the link pins (the kernel detaches when the last reference goes), `unpin()` the 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf.layout import MAP_NAMES, PROGRAMS
-from bpf.libbpf import LibbpfError, check_int, check_ptr, lib, take_log
+from bpf.layout import MAP_NAMES, PROGRAMS, MapSizes
+from bpf.libbpf import (
+    LibbpfError,
+    check_int,
+    check_ptr,
+    lib,
+    pinned_map_max_entries,
+    take_log,
+)
 
 BPFFS = Path("/sys/fs/bpf")
 
@@ -26,15 +35,47 @@ class LoaderError(RuntimeError):
     """Loading or attaching failed; the message names the step and carries libbpf's log."""
 
 
-def ensure_bpffs(root: Path = BPFFS) -> None:
-    """Mount bpffs at root unless it already is one (a fresh machine has none)."""
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            parts = line.split()
-            if len(parts) > 2 and parts[1] == str(root) and parts[2] == "bpf":
-                return
-    root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], check=True, capture_output=True)
+BPF_FS_MAGIC = 0xCAFE4A11  # statfs f_type of a bpffs (linux/magic.h)
+BPFFS_LOCK = Path("/run/cellmesh-bpffs.lock")  # outside bpffs: it exists before the mount
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+_libc.statfs.restype = ctypes.c_int
+
+
+def is_bpffs(path: Path) -> bool:
+    """path lies on a bpffs, by its filesystem type (statfs), not by what /proc says."""
+    # struct statfs starts with f_type (a long on 64-bit Linux); 256 bytes hold the whole struct.
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            return False
+        raise LoaderError(f"statfs {path}: {os.strerror(err)}")
+    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return f_type == BPF_FS_MAGIC
+
+
+def ensure_bpffs(root: Path = BPFFS, *, lock: Path = BPFFS_LOCK) -> None:
+    """Mount bpffs at root unless it already is one (a fresh machine has none) -- at most once.
+
+    Agents that start together would each find no bpffs and stack one mount per agent; the
+    check and the mount run under an exclusive flock on `lock` (outside bpffs), so only the
+    first one mounts and the others find its bpffs by the directory's filesystem type.
+    """
+    if is_bpffs(root):
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        if is_bpffs(root):
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "bpf", "bpf", str(root)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise LoaderError(f"mounting bpffs at {root}: {done.stderr.strip() or done.returncode}")
 
 
 def pin_root(instance: str, *, bpffs: Path = BPFFS) -> Path:
@@ -50,6 +91,7 @@ class SockLbLoader:
     object_path: Path
     instance: str
     bpffs: Path = BPFFS
+    sizes: MapSizes = field(default_factory=MapSizes)  # the LB maps' max_entries
     _obj: int = 0
     _links: list[int] = field(default_factory=list)
 
@@ -78,18 +120,48 @@ class SockLbLoader:
                 "bpf_object__open_file", lib.bpf_object__open_file(bytes(self.object_path), None)
             )
             self._obj = obj
+            sizes = self.sizes.by_map()
             for name in MAP_NAMES:
                 m = check_ptr(
                     f"find map {name}", lib.bpf_object__find_map_by_name(obj, name.encode())
                 )
+                if name in sizes:
+                    check_int(
+                        f"max_entries of {name}", lib.bpf_map__set_max_entries(m, sizes[name])
+                    )
                 check_int(
                     f"pin path of {name}",
                     lib.bpf_map__set_pin_path(m, bytes(self.maps_dir / name)),
                 )
+            self._check_pinned_sizes(sizes)
             check_int("bpf_object__load", lib.bpf_object__load(obj))
-        except LibbpfError as e:
+        except (LibbpfError, LoaderError) as e:
             self.close()
+            if isinstance(e, LoaderError):
+                raise
             raise LoaderError(f"loading {self.object_path}: {e}") from e
+
+    def _check_pinned_sizes(self, sizes: dict[str, int]) -> None:
+        """Refuse, with what to do, pinned maps of another size (libbpf cannot reuse them).
+
+        Not migrated: the pinned maps are the live datapath of the agent's previous run, and
+        copying them into new maps would mean a second copy of up to millions of entries, a
+        window in which the two differ, and (when shrinking) entries that do not fit. A resize
+        is the operator's decision; until it is made, the pinned datapath keeps serving.
+        """
+        for name, want in sizes.items():
+            pin = self.maps_dir / name
+            if not pin.exists():
+                continue
+            have = pinned_map_max_entries(bytes(pin))
+            if have != want:
+                raise LoaderError(
+                    f"pinned map {pin} holds {have} entries at most, but this agent was "
+                    f"started for {want} (--bpf-lb-map-max); the pinned datapath is left as it "
+                    f"is. Either start the agent with --bpf-lb-map-max {have}, or resize: stop "
+                    f"the agent, remove the pins (`rm -r {self.root}`: services on this node "
+                    f"stop being translated until the agent has synced again) and start it"
+                )
 
     def attach(self, cgroup: Path) -> None:
         """Attach every program to cgroup, once: a pinned link is updated, not duplicated."""

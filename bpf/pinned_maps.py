@@ -1,8 +1,10 @@
 """`PinnedLbMaps`: `LbMaps` on the kernel's pinned maps, with batched map syscalls.
 
-Opened from `<bpffs>/cellmesh/<instance>/maps`; each map's key size, value size and capacity are
-checked against this version's layouts first (stale pins from another version are refused, not
-misread). Writes go out in `BATCH_MAX` chunks through `BPF_MAP_UPDATE_BATCH` /
+Opened from `<bpffs>/cellmesh/<instance>/maps`; each map's key and value sizes are checked
+against this version's layouts first (stale pins from another version are refused, not misread),
+and its capacity against `sizes` when given (else the pin's own capacity is taken). A write the
+kernel refuses because the map is full (E2BIG, ENOSPC) raises `MapFull`, not a plain error.
+Writes go out in `BATCH_MAX` chunks through `BPF_MAP_UPDATE_BATCH` /
 `BPF_MAP_DELETE_BATCH`; reads through `BPF_MAP_LOOKUP_BATCH` (see ../shared/DEPENDENCIES.md for
 the hash-map quirks handled here). `batch=False` is the one-syscall-per-entry baseline.
 """
@@ -17,7 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from bpf.lbmaps import MAP_SHAPES, LbMaps, LbMapsError, chunks
+from bpf.layout import MapSizes
+from bpf.lbmaps import MAP_SHAPES, LbMaps, LbMapsError, MapFull, chunks
 from bpf.libbpf import LibbpfError, check_syscall, lib
 
 # struct bpf_map_info (linux/bpf.h): type, id, key_size, value_size, max_entries, map_flags, name.
@@ -25,6 +28,8 @@ _INFO_KEY_SIZE = 8
 _INFO_VALUE_SIZE = 12
 _INFO_MAX_ENTRIES = 16
 _INFO_NAME = 24
+# What a hash map answers to an insert when it holds max_entries (E2BIG; ENOSPC from some paths).
+_FULL = (errno.E2BIG, errno.ENOSPC)
 
 
 class PinnedLbMaps(LbMaps):
@@ -33,19 +38,23 @@ class PinnedLbMaps(LbMaps):
     `batch=False` writes one element per syscall (the baseline the benchmark compares with).
     """
 
-    def __init__(self, maps_dir: Path, *, batch: bool = True) -> None:
+    def __init__(
+        self, maps_dir: Path, *, batch: bool = True, sizes: MapSizes | None = None
+    ) -> None:
         super().__init__()
         self.maps_dir = maps_dir
         self.batch = batch
         self._fds: dict[str, int] = {}
+        self.capacity: dict[str, int] = {}
+        wanted = sizes.by_map() if sizes is not None else {}
         try:
-            for name, (key_size, value_size, capacity) in MAP_SHAPES.items():
-                self._fds[name] = self._open(name, key_size, value_size, capacity)
+            for name, (key_size, value_size, _) in MAP_SHAPES.items():
+                self._fds[name] = self._open(name, key_size, value_size, wanted.get(name))
         except BaseException:
             self.close()
             raise
 
-    def _open(self, name: str, key_size: int, value_size: int, capacity: int) -> int:
+    def _open(self, name: str, key_size: int, value_size: int, capacity: int | None) -> int:
         path = self.maps_dir / name
         if not path.exists():
             raise LbMapsError(f"{path}: no pinned map (is the datapath loaded?)")
@@ -65,13 +74,18 @@ class PinnedLbMaps(LbMaps):
         def u32(offset: int) -> int:
             return int.from_bytes(raw[offset : offset + 4], "little")
 
-        got = (u32(_INFO_KEY_SIZE), u32(_INFO_VALUE_SIZE), u32(_INFO_MAX_ENTRIES))
-        if got != (key_size, value_size, capacity):
+        got = (u32(_INFO_KEY_SIZE), u32(_INFO_VALUE_SIZE))
+        if got != (key_size, value_size):
             os.close(fd)
             raise LbMapsError(
-                f"{path}: key/value size and capacity {got} do not match this version's "
-                f"{(key_size, value_size, capacity)}; unpin the old datapath first"
+                f"{path}: key/value sizes {got} do not match this version's "
+                f"{(key_size, value_size)}; unpin the old datapath first"
             )
+        pinned = u32(_INFO_MAX_ENTRIES)
+        if capacity is not None and pinned != capacity:
+            os.close(fd)
+            raise LbMapsError(f"{path}: holds {pinned} entries at most, not {capacity}")
+        self.capacity[name] = pinned
         return fd
 
     def close(self) -> None:
@@ -116,6 +130,8 @@ class PinnedLbMaps(LbMaps):
                 check_syscall(f"batch update {map_name} ({len(chunk)} entries)", rc)
                 self.stats.entries_written += len(chunk)
         except LibbpfError as e:
+            if e.errno in _FULL:
+                raise MapFull(map_name, self.capacity[map_name], str(e)) from e
             raise LbMapsError(str(e)) from e
 
     def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:

@@ -1,6 +1,7 @@
 """Wires one cell's meshapi: etcd store -> watch cache -> gRPC (mTLS) and HTTP; writer -> etcd.
 
-Holds no logic worth testing alone: start order, the heartbeat loop, and shutdown.
+Holds no logic worth testing alone: start order, the heartbeat loop, and shutdown. After a wipe
+of the store, `StoreRecovery` decides when each kind's canary is written again.
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ from meshapi.authz import CellPolicy
 from meshapi.cache import WatchCache
 from meshapi.etcd_adapter import EtcdStore
 from meshapi.http import build_http_app
+from meshapi.recovery import StoreRecovery
+from meshapi.resync import (
+    CANARY_KINDS,
+    DEFAULT_LOST_STATE_GRACE,
+    DEFAULT_RESYNC_GRACE,
+    WipeRecovery,
+)
 from meshapi.server import MeshApiService
 from meshapi.writer import RecordWriter
-from meshcore.model import CellConfig, Heartbeat, Kind, encode_record, heartbeat_key
+from meshcore.model import CellConfig, Heartbeat, encode_record, heartbeat_key
 from meshcore.tls import TlsMaterial, server_credentials
 
 log = structlog.get_logger("meshapi")
@@ -47,6 +55,10 @@ class MeshApiConfig:
     heartbeat_interval: float = 5.0
     history_events: int = 100_000
     capabilities: tuple[str, ...] = ("socket-lb", "ipv4")
+    # After a wipe: how long a kind the agents re-create waits for every node to register
+    # again, and how long records only an operator wrote are waited for (then deleted).
+    resync_grace: float = DEFAULT_RESYNC_GRACE
+    lost_state_grace: float = DEFAULT_LOST_STATE_GRACE
 
 
 @dataclass
@@ -76,20 +88,28 @@ class MeshApiApp:
         await self.store.connect()
         self.cache = WatchCache(self.store, history_events=cfg.history_events)
         self.writer = RecordWriter(self.store, cell=cfg.cell)
-        self.cache.on_reset.append(self.writer.reassert_owned)
+        self.recovery = StoreRecovery(
+            cache=self.cache,
+            writer=self.writer,
+            core=WipeRecovery(
+                cfg.cell, resync_grace=cfg.resync_grace, lost_state_grace=cfg.lost_state_grace
+            ),
+        )
+        self.cache.on_reset.append(self.recovery.on_reset)
         self.service = MeshApiService(
             cache=self.cache,
             writer=self.writer,
             policy=CellPolicy(cell=cfg.cell, trust_domain=me.trust_domain),
+            recovery=self.recovery,
         )
         self._tasks.append(asyncio.create_task(self.cache.run(), name="cache"))
         self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
+        self._tasks.append(asyncio.create_task(self.recovery.run(), name="recovery"))
         self.writer.own(cell_config.key(), encode_record(cell_config))
         # Standalone mode: etcd itself is the source of every kind, so each kind is complete
-        # once the writes queued before its canary (the cell config) have landed.
-        for kind in Kind:
-            if kind is not Kind.SYNCED:
-                self.writer.mark_synced(kind)
+        # once the writes queued before its canary (the cell config) have landed. (After a
+        # wipe noticed while running, `StoreRecovery` withholds them until the sources re-listed.)
+        self.recovery.mark_all_synced()
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
 
         self.grpc_server = grpc.aio.server(
@@ -109,7 +129,11 @@ class MeshApiApp:
 
         self.http_runner = web.AppRunner(
             build_http_app(
-                cell=cfg.cell, cache=self.cache, service=self.service, writer=self.writer
+                cell=cfg.cell,
+                cache=self.cache,
+                service=self.service,
+                writer=self.writer,
+                recovery=self.recovery,
             ),
             access_log=None,
         )
@@ -149,7 +173,7 @@ class MeshApiApp:
     async def wait_ready(self, *, timeout: float = 20.0) -> None:
         await asyncio.wait_for(self.cache.synced.wait(), timeout)
         deadline = time.monotonic() + timeout
-        while not self.writer.stats.synced_kinds or self.writer.stats.canaries < len(Kind) - 1:
+        while self.writer.stats.canaries < len(CANARY_KINDS):
             if time.monotonic() > deadline:
                 raise TimeoutError("meshapi canaries not written")
             await asyncio.sleep(0.02)

@@ -5,8 +5,9 @@ module turns the caller's `MeshIdentity` into a decision:
 
 - own cell, role admin/agent/meshapi: watch the full view; admin writes anything of its cell;
   an agent writes only its own node's records (node, endpoints on that node, its status).
-- another cell, role agent/peer, listed in this cell's connected peers: watch the export view
-  (read-only).
+- another cell, role agent/peer, listed in this cell's connected peers with ``export`` (every
+  bidirectional peer; the source of a unicast connection in its destination): watch the export
+  view (read-only).
 - anything else is refused with a reason that names what is wrong.
 """
 
@@ -17,7 +18,16 @@ from dataclasses import dataclass
 
 from certs import MeshIdentity, Role
 from meshapi.views import Item, ViewName
-from meshcore.model import AgentStatus, Endpoint, Kind, Node, Record, kind_of_key, peer_key
+from meshcore.model import (
+    AgentStatus,
+    Endpoint,
+    Kind,
+    Node,
+    Peer,
+    Record,
+    kind_of_key,
+    peer_key,
+)
 
 
 class Denied(Exception):
@@ -51,10 +61,16 @@ class CellPolicy:
             raise Denied(f"role {who.role} of cell {who.cell} may not watch")
         if who.role not in (Role.AGENT, Role.PEER):
             raise Denied(f"role {who.role} of cell {who.cell} may not use cell {self.cell}")
-        if peer_key(self.cell, who.cell) not in full:
+        item = full.get(peer_key(self.cell, who.cell))
+        if item is None:
             raise Denied(
                 f"cell {who.cell} is not a connected peer of cell {self.cell} "
                 f"(connect it with `meshctl connect`)"
+            )
+        if isinstance(item.record, Peer) and not item.record.export:
+            raise Denied(
+                f"cell {self.cell} watches cell {who.cell} but does not export to it "
+                f"(unicast: connect {who.cell} to {self.cell} with `meshctl connect`)"
             )
         return ViewName.EXPORT
 

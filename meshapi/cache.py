@@ -38,6 +38,10 @@ log = structlog.get_logger("meshapi.cache")
 
 EPOCH_KEY = "cellmesh/meta/epoch"
 LISTING_CHUNK = 1000
+LISTING_CHUNK_BYTES = 4 * 1024 * 1024
+"""A listing batch ends at LISTING_CHUNK events or once it holds this many bytes of keys and
+values, whichever comes first (a record may be up to 1 MiB; an agent receives at most 64 MiB per
+message). A batch always holds at least one event, so every record fits."""
 SUBSCRIBER_QUEUE = 10_000
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -74,6 +78,21 @@ def encode_batch(events: Iterable[ViewEvent], *, revision: int, synced: bool, ep
                 mod_revision=ev.item.mod_revision,
             )
     return msg.SerializeToString()
+
+
+def listing_chunks(events: Sequence[ViewEvent]) -> list[Sequence[ViewEvent]]:
+    """Split a listing into batches bounded by LISTING_CHUNK events and LISTING_CHUNK_BYTES
+    (at least one event each; one empty batch for an empty listing)."""
+    chunks: list[Sequence[ViewEvent]] = []
+    start = size = 0
+    for i, ev in enumerate(events):
+        weight = len(ev.key) + (len(ev.item.value) if ev.item is not None else 0)
+        if i > start and (i - start >= LISTING_CHUNK or size + weight > LISTING_CHUNK_BYTES):
+            chunks.append(events[start:i])
+            start, size = i, 0
+        size += weight
+    chunks.append(events[start:])
+    return chunks
 
 
 @dataclass
@@ -145,6 +164,7 @@ class WatchCache:
         self.stats = CacheStats()
         self._watch_task: asyncio.Task[None] | None = None
         self.on_reset: list[Callable[[], object]] = []
+        self.before_reset: dict[str, Item] = {}  # what the store held before its last wipe
         self._revision_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     # ---- feeding from etcd -------------------------------------------------------------
@@ -199,6 +219,7 @@ class WatchCache:
         new = (await self._store.put_if_absent(EPOCH_KEY, fresh)).decode()
         log.warning("Store was reset, new epoch", old_epoch=self.epoch, epoch=new)
         self.epoch = new
+        self.before_reset = dict(self.full)  # for the on_reset callbacks (meshapi.recovery)
         for name in ViewName:
             self._history[name].clear()
             self._history_count[name] = 0
@@ -352,11 +373,11 @@ class WatchCache:
         try:
             at = self.revision
             initial = await self._initial_events(view, kinds, resume_revision, resume_epoch, at)
-            for i in range(0, max(len(initial), 1), LISTING_CHUNK):
-                chunk = initial[i : i + LISTING_CHUNK]
-                last = i + LISTING_CHUNK >= len(initial)
+            chunks = listing_chunks(initial)
+            for i, chunk in enumerate(chunks):
                 self.stats.batches_sent += 1
                 self.stats.events_sent += len(chunk)
+                last = i == len(chunks) - 1
                 yield encode_batch(chunk, revision=at, synced=last, epoch=self.epoch)
             while True:
                 batch = await sub.queue.get()

@@ -1,5 +1,9 @@
 """HTTP side of meshapi (aiohttp): /healthz, /readyz, /metrics (Prometheus), /status (JSON).
 
+After an etcd wipe, /status `recovery` and the `meshapi_lost_records{kind}` /
+`meshapi_withheld_canaries{kind}` gauges say what was lost and which canaries are withheld
+(meshapi.resync).
+
 Metrics are read from the parts' own counters at scrape time (a custom collector), so there is no
 second bookkeeping that could drift from the truth.
 """
@@ -16,18 +20,29 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from meshapi.cache import WatchCache
+from meshapi.recovery import StoreRecovery
+from meshapi.resync import CANARY_KINDS
 from meshapi.server import MeshApiService
 from meshapi.writer import RecordWriter
+
+RECOVERY_KINDS = tuple(str(k) for k in CANARY_KINDS)
 
 
 class MeshApiCollector(Collector):
     def __init__(
-        self, *, cell: str, cache: WatchCache, service: MeshApiService, writer: RecordWriter
+        self,
+        *,
+        cell: str,
+        cache: WatchCache,
+        service: MeshApiService,
+        writer: RecordWriter,
+        recovery: StoreRecovery | None = None,
     ) -> None:
         self._cell = cell
         self._cache = cache
         self._service = service
         self._writer = writer
+        self._recovery = recovery
 
     def collect(self) -> Iterator[Metric]:
         cache, stats = self._cache, self._cache.stats
@@ -76,10 +91,41 @@ class MeshApiCollector(Collector):
         yield CounterMetricFamily(
             "meshapi_store_txns", "Write txns landed", value=self._writer.stats.txns
         )
+        yield CounterMetricFamily(
+            "meshapi_writes_rejected",
+            "Writes etcd refused for good (their caller got the error)",
+            value=self._writer.stats.rejected_writes,
+        )
+        if self._recovery is not None:
+            core = self._recovery.core
+            lost = GaugeMetricFamily(
+                "meshapi_lost_records",
+                "Records only an operator wrote, lost in a store wipe and not restored yet",
+                labels=["kind"],
+            )
+            withheld = GaugeMetricFamily(
+                "meshapi_withheld_canaries",
+                "1 while a kind's sync canary is withheld after a store wipe",
+                labels=["kind"],
+            )
+            counts = self._recovery.lost_counts()
+            for kind in RECOVERY_KINDS:
+                lost.add_metric([kind], counts.get(kind, 0))
+                withheld.add_metric([kind], 1 if kind in core.withheld else 0)
+            yield lost
+            yield withheld
+            yield CounterMetricFamily(
+                "meshapi_store_wipes", "Store wipes noticed", value=core.wipes
+            )
 
 
 def status_document(
-    *, cell: str, cache: WatchCache, service: MeshApiService, writer: RecordWriter
+    *,
+    cell: str,
+    cache: WatchCache,
+    service: MeshApiService,
+    writer: RecordWriter,
+    recovery: StoreRecovery | None = None,
 ) -> dict[str, Any]:
     per_kind: dict[str, int] = {}
     for item in cache.full.values():
@@ -96,6 +142,7 @@ def status_document(
         "peers": sorted(
             item.key.rsplit("/", 1)[-1] for item in cache.full.values() if item.kind == "peers"
         ),
+        "recovery": recovery.status() if recovery is not None else None,
     }
 
 
@@ -105,10 +152,13 @@ def build_http_app(
     cache: WatchCache,
     service: MeshApiService,
     writer: RecordWriter,
+    recovery: StoreRecovery | None = None,
     extra_status: Callable[[], Mapping[str, Any]] | None = None,
 ) -> web.Application:
     registry = CollectorRegistry()
-    registry.register(MeshApiCollector(cell=cell, cache=cache, service=service, writer=writer))
+    registry.register(
+        MeshApiCollector(cell=cell, cache=cache, service=service, writer=writer, recovery=recovery)
+    )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -124,7 +174,9 @@ def build_http_app(
         return web.Response(body=generate_latest(registry), content_type="text/plain")
 
     async def status(_: web.Request) -> web.Response:
-        doc = status_document(cell=cell, cache=cache, service=service, writer=writer)
+        doc = status_document(
+            cell=cell, cache=cache, service=service, writer=writer, recovery=recovery
+        )
         if extra_status is not None:
             doc.update(extra_status())
         return web.Response(text=json.dumps(doc, indent=2) + "\n", content_type="application/json")

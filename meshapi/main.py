@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import click
 
 from meshapi.app import ConfigError, MeshApiApp, MeshApiConfig
+from meshapi.resync import DEFAULT_LOST_STATE_GRACE, DEFAULT_RESYNC_GRACE
 from meshcore.flags import cidr, host_port
 from meshcore.logs import configure_logging
 from meshcore.model import check_cell_name
@@ -33,6 +34,22 @@ def _etcd_endpoint(url: str) -> str:
 @click.option("--http", "http", default="127.0.0.1:7080", show_default=True, help="HTTP HOST:PORT.")
 @click.option("--heartbeat-interval", default=5.0, type=click.FloatRange(0.1, 3600))
 @click.option("--history-events", default=100_000, type=click.IntRange(1, 10_000_000))
+@click.option(
+    "--resync-grace",
+    default=DEFAULT_RESYNC_GRACE,
+    show_default=True,
+    type=click.FloatRange(0, 86400),
+    help="After an etcd wipe: seconds to wait for every node to register again before the "
+    "node/endpoint sync canaries are written anyway.",
+)
+@click.option(
+    "--lost-state-grace",
+    default=DEFAULT_LOST_STATE_GRACE,
+    show_default=True,
+    type=click.FloatRange(0, 7 * 86400),
+    help="After an etcd wipe: seconds the agents keep services/peers lost with the store "
+    "(reported by `meshctl status`) before their canaries are written and they are deleted.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def main(
     cell: str,
@@ -45,6 +62,8 @@ def main(
     http: str,
     heartbeat_interval: float,
     history_events: int,
+    resync_grace: float,
+    lost_state_grace: float,
     log_level: str,
 ) -> None:
     """Serve one cell's records to its agents and its connected peers (gRPC over mTLS)."""
@@ -63,6 +82,8 @@ def main(
         http=host_port(http, "--http"),
         heartbeat_interval=heartbeat_interval,
         history_events=history_events,
+        resync_grace=resync_grace,
+        lost_state_grace=lost_state_grace,
     )
     configure_logging(log_level)
     try:

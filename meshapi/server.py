@@ -8,8 +8,9 @@ The watch stream sends bytes serialized once per (view, kinds) by the cache.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -18,7 +19,9 @@ import structlog
 from certs import CertError, MeshIdentity, identity_from_certificate
 from meshapi.authz import CellPolicy, Denied
 from meshapi.cache import ResumeUnavailable, WatchCache, WatcherTooSlow
-from meshapi.etcd_adapter import StoreUnavailable
+from meshapi.etcd_adapter import StoreRejected, StoreUnavailable
+from meshapi.recovery import StoreRecovery
+from meshapi.views import Item
 from meshapi.writer import RecordWriter
 from meshcore import wire
 from meshcore.model import (
@@ -35,6 +38,8 @@ from meshcore.model import (
     service_key,
     service_ref_from_manifest,
 )
+from meshcore.model.manifest import document_kind, load_documents
+from meshcore.model.names import cut
 from meshcore.wire import pb
 
 log = structlog.get_logger("meshapi.server")
@@ -59,6 +64,7 @@ _FAILURES = (
     ResumeUnavailable,
     WatcherTooSlow,
     StoreUnavailable,
+    StoreRejected,
     TimeoutError,
 )
 
@@ -88,10 +94,18 @@ def _kinds(names: Any) -> frozenset[Kind]:
 class MeshApiService:
     """The handlers; `generic_handlers()` registers them on a grpc.aio server."""
 
-    def __init__(self, *, cache: WatchCache, writer: RecordWriter, policy: CellPolicy) -> None:
+    def __init__(
+        self,
+        *,
+        cache: WatchCache,
+        writer: RecordWriter,
+        policy: CellPolicy,
+        recovery: StoreRecovery | None = None,
+    ) -> None:
         self.cache = cache
         self.writer = writer
         self.policy = policy
+        self.recovery = recovery
         self.requests: Counter[tuple[str, str]] = Counter()
         self.watchers: Counter[str] = Counter()
         self.denied: Counter[str] = Counter()
@@ -153,6 +167,8 @@ class MeshApiService:
             return grpc.StatusCode.OUT_OF_RANGE, f"{wire.RESUME_UNAVAILABLE}: {e}"
         if isinstance(e, WatcherTooSlow):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
+        if isinstance(e, StoreRejected):  # permanent: the same write fails again
+            return grpc.StatusCode.INVALID_ARGUMENT, str(e)
         return grpc.StatusCode.UNAVAILABLE, f"store unavailable: {e or 'timed out'}"
 
     # ---- MeshApi ------------------------------------------------------------------------
@@ -163,7 +179,7 @@ class MeshApiService:
         code = grpc.StatusCode.OK
         try:
             who = _caller(context)
-            view = self.policy.watch_view(who, self.cache.full)
+            view = self.policy.watch_view(who, self._authz_records())
             kinds = _kinds(request.kinds)
             if request.resume_revision < 0:
                 raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "resume_revision must be >= 0")
@@ -188,12 +204,15 @@ class MeshApiService:
         self, request: pb.GetCellRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetCellResponse:
         async def body() -> pb.GetCellResponse:
-            self.policy.watch_view(_caller(context), self.cache.full)
-            item = self.cache.full.get(cell_key(self.policy.cell))
-            if item is None:
+            self.policy.watch_view(_caller(context), self._authz_records())
+            key = cell_key(self.policy.cell)
+            item = self.cache.full.get(key)
+            # Right after a store wipe the cell config is being written again: answer with it.
+            config = item.value if item is not None else self.writer.owned(key)
+            if config is None:
                 raise Abort(grpc.StatusCode.UNAVAILABLE, "cell config not written yet")
             return pb.GetCellResponse(
-                config=item.value, revision=self.cache.revision, epoch=self.cache.epoch
+                config=config, revision=self.cache.revision, epoch=self.cache.epoch
             )
 
         return await self._guard("GetCell", context, body())
@@ -234,12 +253,12 @@ class MeshApiService:
     ) -> pb.ManifestResponse:
         async def body() -> pb.ManifestResponse:
             self.policy.check_admin(_caller(context))
-            source = request.source or "<manifest>"
+            source = cut(request.source or "<manifest>")  # echoed in every message: cut
             puts: list[tuple[str, bytes]] = []
             warnings: list[str] = []
-            for doc in load_manifests(request.manifest, source=source):
+            for number, _, doc in load_documents(request.manifest, source=source):
                 if doc.get("kind") != "Service":
-                    warnings.append(f"{source}: skipped a {doc.get('kind')!r} document")
+                    warnings.append(f"{source}: skipped document {number} ({document_kind(doc)})")
                     continue
                 svc = service_from_manifest(doc, cell=self.policy.cell, source=source)
                 warnings.extend(f"{svc.namespace}/{svc.name}: {w}" for w in svc.warnings)
@@ -257,7 +276,7 @@ class MeshApiService:
     ) -> pb.ManifestResponse:
         async def body() -> pb.ManifestResponse:
             self.policy.check_admin(_caller(context))
-            source = request.source or "<manifest>"
+            source = cut(request.source or "<manifest>")
             keys = [
                 service_key(self.policy.cell, *service_ref_from_manifest(doc, source=source))
                 for doc in load_manifests(request.manifest, source=source)
@@ -274,7 +293,7 @@ class MeshApiService:
     ) -> pb.ListResponse:
         async def body() -> pb.ListResponse:
             who = _caller(context)
-            view = self.policy.watch_view(who, self.cache.full)
+            view = self.policy.watch_view(who, self._authz_records())
             kinds = _kinds(request.kinds)
             items = self.cache.views[view].items
             return pb.ListResponse(
@@ -284,6 +303,14 @@ class MeshApiService:
                     if it.kind in kinds
                 ],
                 revision=self.cache.revision,
+                recovery=json.dumps(self.recovery.status()) if self.recovery else "",
             )
 
         return await self._guard("List", context, body())
+
+    def _authz_records(self) -> Mapping[str, Item]:
+        """The records authorization reads: after a wipe, also the peers lost with the store
+        while they are remembered (a wipe is not a revocation; see meshapi.recovery)."""
+        if self.recovery is None:
+            return self.cache.full
+        return self.recovery.authorization_records()

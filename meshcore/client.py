@@ -2,7 +2,10 @@
 
 Library errors are translated here, at the edge, into types that say what to do next:
 `PeerUnavailable` (retry), `ResumeUnavailable` (relist), `AccessDenied` (fix the certificate or
-connect the cell), `RequestRejected` (fix the input), `PeerProtocolError` (the peer speaks garbage).
+connect the cell), `CertificateRefused` (the TLS handshake refused a certificate; the message says
+which and why it may be), `RequestRejected` (fix the input), `PeerProtocolError` (the peer speaks
+garbage). Every error carries its `ErrorClass` (what an agent reports in /status), decided here
+once and never re-parsed from the message.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from meshcore import wire
+from meshcore.handshake import diagnose_refusal, tcp_reachable
 from meshcore.model import (
     CellConfig,
     Kind,
@@ -30,22 +35,52 @@ from meshcore.tls import secure_channel
 from meshcore.wire import pb
 
 
+class ErrorClass(StrEnum):
+    """What kind of failure an error is (the `error_class` of an agent's /status)."""
+
+    DNS = "dns"  # the address does not resolve
+    TCP = "tcp"  # no connection: refused, reset, timed out
+    TLS = "tls"  # the TLS handshake failed: a certificate was refused
+    AUTHZ = "authz"  # connected, but the certificate's cell or role may not do this
+    CONFIG = "config"  # the cell's config does not fit the mesh (set by the agent)
+    PROTOCOL = "protocol"  # the peer sent something that is not our wire format
+    SERVER = "server"  # the peer answered but could not serve (e.g. its etcd is down)
+    RESUME = "resume"  # the resume point is gone: a relist, not a fault of the connection
+
+
+LOST_CLASSES = frozenset({ErrorClass.DNS, ErrorClass.TCP})
+"""The peer is away (no connection): a probe can tell when it is back."""
+
+
 class MeshApiError(Exception):
     """Base of the client errors; `code` is the gRPC status name when there is one."""
 
     code: str = ""
+    error_class: ErrorClass = ErrorClass.PROTOCOL
 
 
 class PeerUnavailable(MeshApiError):
     """Not reachable, too slow, or restarting: retry with backoff."""
 
+    error_class = ErrorClass.TCP
+
 
 class ResumeUnavailable(MeshApiError):
     """The resume revision is gone: relist."""
 
+    error_class = ErrorClass.RESUME
+
 
 class AccessDenied(MeshApiError):
     """The certificate was refused or lacks the right: retrying will not help."""
+
+    error_class = ErrorClass.AUTHZ
+
+
+class CertificateRefused(AccessDenied):
+    """The TLS handshake failed on a certificate (ours refused, or the server's untrusted)."""
+
+    error_class = ErrorClass.TLS
 
 
 class RequestRejected(MeshApiError):
@@ -54,6 +89,40 @@ class RequestRejected(MeshApiError):
 
 class PeerProtocolError(MeshApiError):
     """The peer sent something that is not our wire format."""
+
+
+# How grpc-core words a failure of the connection itself; a status the server sent has the
+# server's own words first (meshapi's: "store unavailable: ...", which may quote etcd's
+# connection errors further on, so only the start of the details counts).
+_TRANSPORT_PREFIXES = (
+    "failed to connect",
+    "socket closed",
+    "connection",
+    "broken pipe",
+    "transport",
+    "goaway",
+    "keepalive",
+    "endpoint read failed",
+    "recvmsg",
+    "sendmsg",
+    "stream removed",
+    "cancelling all calls",  # the server is shutting down
+)
+
+
+def _class_of(code: grpc.StatusCode, details: str) -> ErrorClass:
+    text = details.lower().strip()
+    if code == grpc.StatusCode.UNAVAILABLE and text.startswith((*_TRANSPORT_PREFIXES, "dns")):
+        if "dns" in text or "resolution" in text or "name or service not known" in text:
+            return ErrorClass.DNS
+        if any(w in text for w in ("ssl", "tls", "handshake", "certificate")):
+            return ErrorClass.TLS
+        return ErrorClass.TCP
+    if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return ErrorClass.TCP
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED):
+        return ErrorClass.PROTOCOL
+    return ErrorClass.SERVER
 
 
 def translate(e: grpc.aio.AioRpcError, *, target: str) -> MeshApiError:
@@ -69,6 +138,7 @@ def translate(e: grpc.aio.AioRpcError, *, target: str) -> MeshApiError:
         err = RequestRejected(msg)
     else:
         err = PeerUnavailable(msg)
+        err.error_class = _class_of(code, details)
     err.code = code.name
     return err
 
@@ -92,7 +162,12 @@ class MeshClient:
 
     def __init__(self, address: str, tls_dir: Path, *, server_name: str | None = None) -> None:
         self.address = address
-        self._channel = secure_channel(address, tls_dir, server_name=server_name)
+        self._tls_dir = tls_dir
+        self._server_name = server_name
+        self._open()
+
+    def _open(self) -> None:
+        self._channel = secure_channel(self.address, self._tls_dir, server_name=self._server_name)
         ch = self._channel
         self._watch = ch.unary_stream(
             wire.WATCH, pb.WatchRequest.SerializeToString, pb.WatchBatch.FromString
@@ -120,6 +195,31 @@ class MeshClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    async def reachable(self, *, timeout: float = 0.2) -> bool:
+        """A cheap probe: does the meshapi's address accept a TCP connection now?"""
+        return await tcp_reachable(self.address, timeout=timeout)
+
+    async def _fresh_if_failed(self) -> None:
+        """A channel in TRANSIENT_FAILURE waits out its own reconnect backoff (up to 2 s) before
+        it tries again, and fails every call until then; a new channel connects at once."""
+        if self._channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            old = self._channel
+            self._open()
+            await old.close()
+
+    async def _translate(self, e: grpc.aio.AioRpcError) -> MeshApiError:
+        """`translate`, plus a TLS probe when the failure may be a refused certificate."""
+        err = translate(e, target=self.address)
+        if isinstance(err, PeerUnavailable) and err.error_class in (ErrorClass.TCP, ErrorClass.TLS):
+            reason = await diagnose_refusal(
+                self.address, self._tls_dir, server_name=self._server_name
+            )
+            if reason is not None:
+                refused = CertificateRefused(f"{self.address}: {reason}")
+                refused.code = err.code
+                return refused
+        return err
+
     async def __aenter__(self) -> MeshClient:
         return self
 
@@ -127,10 +227,11 @@ class MeshClient:
         await self.close()
 
     async def get_cell(self, *, timeout: float = 5.0) -> CellInfo:
+        await self._fresh_if_failed()
         try:
             resp = await self._get_cell(pb.GetCellRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as e:
-            raise translate(e, target=self.address) from e
+            raise await self._translate(e) from e
         try:
             config = decode_record(_cell_key_from(resp.config), resp.config)
         except (RecordError, ValueError) as e:
@@ -147,6 +248,7 @@ class MeshClient:
             resume_revision=resume_revision,
             resume_epoch=resume_epoch,
         )
+        await self._fresh_if_failed()
         call = self._watch(request)
         try:
             async for batch in call:
@@ -154,7 +256,7 @@ class MeshClient:
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.INTERNAL and "deserializ" in (e.details() or ""):
                 raise PeerProtocolError(f"{self.address}: {e.details()}") from e
-            raise translate(e, target=self.address) from e
+            raise await self._translate(e) from e
         except DecodeError as e:
             raise PeerProtocolError(f"{self.address}: undecodable watch batch: {e}") from e
         finally:
@@ -181,7 +283,7 @@ class MeshClient:
         try:
             resp = await self._write(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
-            raise translate(e, target=self.address) from e
+            raise await self._translate(e) from e
         return resp.revision
 
     async def apply_manifest(self, text: str, *, source: str) -> ManifestResult:
@@ -199,7 +301,7 @@ class MeshClient:
         try:
             resp = await method(pb.ManifestRequest(manifest=text, source=source), timeout=10.0)
         except grpc.aio.AioRpcError as e:
-            raise translate(e, target=self.address) from e
+            raise await self._translate(e) from e
         return ManifestResult(tuple(resp.keys), tuple(resp.warnings), resp.revision)
 
     async def list(
@@ -208,7 +310,7 @@ class MeshClient:
         try:
             resp = await self._list(pb.ListRequest(kinds=[str(k) for k in kinds]), timeout=timeout)
         except grpc.aio.AioRpcError as e:
-            raise translate(e, target=self.address) from e
+            raise await self._translate(e) from e
         out: list[tuple[str, Record]] = []
         for ev in resp.records:
             try:
@@ -216,6 +318,23 @@ class MeshClient:
             except RecordError as e:
                 raise PeerProtocolError(f"{self.address}: {e}") from e
         return out, resp.revision
+
+    async def recovery(self, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The cell's store-wipe recovery state (admin): lost records and how to restore them,
+        withheld canaries (see meshapi.resync); {} from a meshapi that does not report it."""
+        try:
+            resp = await self._list(pb.ListRequest(kinds=[str(Kind.CELL)]), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise await self._translate(e) from e
+        if not resp.recovery:
+            return {}
+        try:
+            doc = json.loads(resp.recovery)
+        except ValueError as e:
+            raise PeerProtocolError(f"{self.address}: recovery state is not JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise PeerProtocolError(f"{self.address}: recovery state is not a JSON object")
+        return doc
 
 
 def _cell_key_from(config_json: bytes) -> str:

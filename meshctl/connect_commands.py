@@ -4,9 +4,14 @@ Flow: ``--context A`` and ``--destination-context B`` -> both contexts resolved 
 failure one message that names the fix: certificate files valid long enough, each side trusting
 the other's CA, both meshapis answering ``GetCell``, both meshapi server certificates (fetched
 over TLS with the admin certificate) valid, trusted and matching the address, distinct cell names
-and ids, pod and node CIDRs not overlapping -> the desired Peer records (A->B, and B->A when
-bidirectional) compared with the current ones -> only what differs is written. Re-running writes
-nothing; ``--dry-run`` stops after the preflight. ``disconnect`` deletes the same records.
+and ids, pod and node CIDRs not overlapping -> the desired Peer records compared with the current
+ones -> only what differs is written. Re-running writes nothing; ``--dry-run`` stops after the
+preflight. ``disconnect`` deletes the same records.
+
+Modes (Cilium's): bidirectional -- each cell's record for the other watches and exports;
+unicast A -> B -- A's agents read B and B never reads A: A's record for B has ``export`` off (B's
+agents are refused by A), B's record for A has ``watch`` off (a grant: B's meshapi admits A's
+agents, B's agents do not watch A).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 
@@ -26,32 +30,26 @@ from certs import CertError, ExpiryStatus, describe_certificate, inspect_certifi
 from certs.inspection import CertificateInfo
 from certs.pemfiles import parse_certificate
 from meshcore.client import MeshApiError, MeshClient
-from meshcore.model import CellConfig, Kind, Peer, peer_key
+from meshcore.model import Kind, Peer, peer_key
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection, resolve_context
 from meshctl.mesh_commands import describe_mesh_error
+from meshctl.peering import (
+    BIDIRECTIONAL,
+    UNICAST,
+    Cell,
+    describe_peer,
+    desired_peers,
+    undesired_peers,
+)
 
 __all__ = ["connect_command", "disconnect_command"]
 
-BIDIRECTIONAL, UNICAST = "bidirectional", "unicast"
 WARN_DAYS = 30
 
 
 class PreflightError(Exception):
     """A check failed; the message says what is wrong and how to fix it."""
-
-
-@dataclass
-class Cell:
-    """One side: its context, the config its meshapi serves, and its current Peer records."""
-
-    ctx: Context
-    config: CellConfig
-    peers: dict[str, Peer] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
 
 # ---- certificates -----------------------------------------------------------------------------
@@ -221,17 +219,6 @@ async def fetch_cell(ctx: Context) -> Cell:
     return Cell(ctx, info.config, peers)
 
 
-def desired_peer(src: Cell, dst: Cell) -> Peer:
-    """``src``'s Peer record for ``dst``: its name and id, and where its meshapi listens."""
-    return Peer(
-        cell=src.name,
-        name=dst.name,
-        id=dst.config.id,
-        address=dst.ctx.server,
-        tls_server_name=dst.ctx.server_name,
-    )
-
-
 async def preflight(a: Context, b: Context, warnings: list[str]) -> tuple[Cell, Cell]:
     check_local_certificates(a, b, warnings)
     cell_a, cell_b = await asyncio.gather(fetch_cell(a), fetch_cell(b))
@@ -279,11 +266,6 @@ def _contexts(
     return a, b
 
 
-def _sides(a: Cell, b: Cell, mode: str) -> list[tuple[Cell, Cell]]:
-    """(source, destination) pairs whose Peer records the mode needs."""
-    return [(a, b), (b, a)] if mode == BIDIRECTIONAL else [(a, b)]
-
-
 def _options(fn: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(
         [
@@ -304,7 +286,8 @@ def _options(fn: Callable[..., None]) -> Callable[..., None]:
                 type=click.Choice([BIDIRECTIONAL, UNICAST]),
                 default=BIDIRECTIONAL,
                 show_default=True,
-                help="unicast: only the source cell watches the destination.",
+                help="unicast: only the source cell's agents read the destination; the "
+                "destination admits them but never reads the source.",
             ),
         ]
     ):
@@ -322,7 +305,11 @@ def connect_command(
     connection_mode: str,
     dry_run: bool,
 ) -> None:
-    """Connect two cells: preflight, then a Peer record in each (in the source only: unicast)."""
+    """Connect two cells: preflight, then a Peer record in each.
+
+    Unicast: the source's record watches the destination; the destination's only admits the
+    source's agents (it never reads the source).
+    """
     with _reported():
         a, b = _contexts(selection, context_name, destination_context)
         warnings: list[str] = []
@@ -335,16 +322,14 @@ def connect_command(
             f"Preflight passed: {cell_a.name} (id {cell_a.config.id}) and {cell_b.name} "
             f"(id {cell_b.config.id}) share the CA, their CIDRs do not overlap."
         )
-        changes = [
-            (src, desired_peer(src, dst)) for src, dst in _sides(cell_a, cell_b, connection_mode)
-        ]
+        changes = desired_peers(cell_a, cell_b, connection_mode)
         changes = [(src, p) for src, p in changes if src.peers.get(p.name) != p]
         for src, p in changes:
             verb = "would update" if p.name in src.peers else "would add"
             if not dry_run:
                 asyncio.run(_write(src, puts=[p]))
                 verb = "updated" if p.name in src.peers else "added"
-            click.echo(f"cell {src.name}: peer {p.name} ({p.address}) {verb}")
+            click.echo(f"cell {src.name}: peer {p.name} ({p.address}) {verb} ({describe_peer(p)})")
     if not changes:
         click.echo(f"{cell_a.name} and {cell_b.name} are already connected ({connection_mode}).")
     if dry_run:
@@ -363,6 +348,9 @@ def disconnect_command(
 ) -> None:
     """Disconnect two cells: delete their Peer records (agents drain the peer at once).
 
+    Unicast removes the source's watch of the destination and the destination's grant to the
+    source; a record that still carries the other direction stays with that direction only.
+
     When the destination's meshapi is down, the source's Peer record whose address is the
     destination context's server is still removed; its own record waits for a re-run.
     """
@@ -377,18 +365,20 @@ def disconnect_command(
             for name in gone:
                 asyncio.run(_write(cell_a, deletes=[peer_key(cell_a.name, name)]))
                 click.echo(f"cell {cell_a.name}: peer {name} removed")
-            if connection_mode == BIDIRECTIONAL:
-                raise PreflightError(
-                    f"{unreachable}; the Peer record for {cell_a.name} in the cell behind context "
-                    f"{b.name!r} stays: run 'meshctl disconnect' again once it is reachable"
-                )
-            return
+            # Both modes leave a record in the destination (unicast: its grant to this cell).
+            raise PreflightError(
+                f"{unreachable}; the Peer record for {cell_a.name} in the cell behind context "
+                f"{b.name!r} stays: run 'meshctl disconnect' again once it is reachable"
+            )
         removed = 0
-        for src, dst in _sides(cell_a, cell_b, connection_mode):
-            if dst.name in src.peers:
-                asyncio.run(_write(src, deletes=[peer_key(src.name, dst.name)]))
-                click.echo(f"cell {src.name}: peer {dst.name} removed")
-                removed += 1
+        for src, name, keep in undesired_peers(cell_a, cell_b, connection_mode):
+            if keep is None:
+                asyncio.run(_write(src, deletes=[peer_key(src.name, name)]))
+                click.echo(f"cell {src.name}: peer {name} removed")
+            else:
+                asyncio.run(_write(src, puts=[keep]))
+                click.echo(f"cell {src.name}: peer {name} kept ({describe_peer(keep)})")
+            removed += 1
     if removed:
         click.echo(f"Disconnected {cell_a.name} and {cell_b.name} ({connection_mode}).")
     else:

@@ -3,9 +3,11 @@
 Flow: the global ``--config``/``--context`` options (``cli``) -> ``ContextSelection.resolve`` ->
 ``MeshClient`` (mTLS gRPC) -> the meshapi admin API (``ApplyManifest``, ``DeleteManifest``,
 ``List``) -> one line per service on stdout, warnings on stderr as ``warning: ...``. Each command
-runs its own event loop (``asyncio.run``). Every failure -- a context problem, a TLS directory
-that does not load, a ``MeshApiError`` -- becomes a one-line ``click.ClickException`` (exit 1)
-carrying the server's message; never a traceback.
+runs its own event loop (``asyncio.run``). Files are checked before anything is sent: YAML that
+parses (aliases bounded), at least one Service document, no unknown annotation value (apply).
+Every failure -- a refused file, a context problem, a TLS directory that does not load, a
+``MeshApiError`` -- becomes a one-line ``click.ClickException`` (exit 1) carrying the file's or
+the server's message; never a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import click
 
 from meshcore.client import (
     AccessDenied,
+    CertificateRefused,
     ManifestResult,
     MeshApiError,
     MeshClient,
@@ -27,7 +30,8 @@ from meshcore.client import (
     PeerUnavailable,
     RequestRejected,
 )
-from meshcore.model import Endpoint, Frontend, Kind, RecordError, Service, parse_key
+from meshcore.model import Endpoint, Frontend, Kind, ManifestError, RecordError, Service, parse_key
+from meshcore.model.manifest import check_annotation_values, document_kind, load_documents
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection
 from meshctl.output import format_table, output_option
@@ -49,6 +53,9 @@ def describe_mesh_error(e: MeshApiError, ctx: Context) -> str:
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
+    if isinstance(e, CertificateRefused):
+        where = f"{address} (context {ctx.name!r})"
+        return f"certificate refused in the TLS handshake with {where}: {text}"
     if isinstance(e, AccessDenied):
         return f"access denied by {address}: {text}"
     if isinstance(e, RequestRejected):
@@ -114,10 +121,37 @@ def _report(result: ManifestResult, source: str, verb: str) -> None:
         click.echo(f"warning: {source}: no Service documents", err=True)
 
 
+def _check_manifest(source: str, text: str, *, delete: bool) -> None:
+    """Refuse, before anything is sent, a file that would change nothing or not what it says.
+
+    Its YAML must parse (aliases bounded), it must hold at least one Service document, and
+    (apply) every annotation value must be a known one: the server would take the default.
+    """
+    verb = "delete" if delete else "apply"
+    try:
+        docs = load_documents(text, source=source)
+        services = [d for d in docs if d.body.get("kind") == "Service"]
+        if not docs:
+            raise ManifestError(source, "", f"no documents: nothing to {verb}")
+        if not services:
+            found = ", ".join(f"document {d.number} {document_kind(d.body)}" for d in docs[:5])
+            more = f" and {len(docs) - 5} more" if len(docs) > 5 else ""
+            raise ManifestError(
+                source, "", f"no Service documents (found {found}{more}): nothing to {verb}"
+            )
+        if not delete:
+            for doc in services:
+                check_annotation_values(doc, source=source)
+    except ManifestError as e:
+        raise click.ClickException(str(e)) from e
+
+
 async def _send_manifests(ctx: Context, files: Sequence[TextIO], *, delete: bool) -> None:
+    sources = [_read(file) for file in files]
+    for source, text in sources:  # every file checked before the first is sent
+        _check_manifest(source, text, delete=delete)
     async with _client(ctx) as client:
-        for file in files:
-            source, text = _read(file)
+        for source, text in sources:
             if delete:
                 _report(await client.delete_manifest(text, source=source), source, "deleted")
             else:

@@ -11,11 +11,18 @@ agent reports, and every reporting agent is ready and sees its own cell and ever
 
     {"schema", "context", "server", "time", "ready", "problems": [str],
      "meshapi": {"reachable", "error", "cell", "cell_id", "revision", "heartbeat_age"},
-     "peers": [{"name", "id", "address", "tls_server_name"}],
+     "peers": [{"name", "id", "address", "tls_server_name", "watch", "export"}],
      "agents": [{"node", "reporting", "report_age", "ready", "reason", "services", "backends",
+                 "full_maps": {map: entries waiting for room},
                  "peers": [{"cell", "cell_id", "local", "connected", "state", "synced",
                             "revision", "counts": {"nodes", "endpoints", "services",
-                            "identities"}, "error_class", "last_error", "heartbeat_age"}]}]}
+                            "identities"}, "error_class", "last_error", "heartbeat_age"}]}],
+     "recovery": {"recovering", "withheld": [kind],
+                  "lost": [{"key", "kind", "name", "restore", "grace_left"}]}}
+
+``recovery`` reports an etcd wipe of the cell: records only an operator wrote (services, peers)
+that the wipe lost, each with the command that restores it; the agents keep them (last-known-good)
+for ``grace_left`` more seconds. A lost record is a problem (not ready) until it is restored.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ def _agent_json(status: AgentStatus, connected: set[str], now: float) -> dict[st
         "reason": status.reason,
         "services": status.services,
         "backends": status.backends,
+        "full_maps": dict(status.full_maps),
         "peers": [
             {
                 "cell": r.cell,
@@ -119,6 +127,11 @@ def _agent_problems(agent: dict[str, Any], cell: str, connected: set[str]) -> li
     if not agent["reporting"]:
         return [f"agent {node}: not reporting (last report {agent['report_age']:.0f}s ago)"]
     problems = [] if agent["ready"] else [f"agent {node}: not ready ({agent['reason']})"]
+    problems.extend(
+        f"agent {node}: BPF map {name} full, {waiting} entries wait for room "
+        "(raise the agent's --bpf-lb-map-max)"
+        for name, waiting in sorted(agent.get("full_maps", {}).items())
+    )
     reports = {p["cell"]: p for p in agent["peers"]}
     for name in [cell, *sorted(connected)]:
         report = reports.get(name)
@@ -136,11 +149,13 @@ def status_document(
     records: list[Any],
     error: str | None,
     now: float,
+    recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status of a cell from what its meshapi answered (``cell``: name, id, revision)."""
+    """The status of a cell from what its meshapi answered (``cell``: name, id, revision;
+    ``recovery``: its store-wipe recovery state)."""
     heartbeat = next((r for r in records if isinstance(r, Heartbeat)), None)
     peers = sorted((r for r in records if isinstance(r, Peer)), key=lambda p: p.name)
-    connected = {p.name for p in peers}
+    connected = {p.name for p in peers if p.watch}  # a unicast grant is not watched
     agents = [
         _agent_json(r, connected, now)
         for r in sorted((r for r in records if isinstance(r, AgentStatus)), key=lambda a: a.node)
@@ -157,6 +172,11 @@ def status_document(
             problems.append(f"no agent of cell {cell[0]} reports yet")
         for agent in agents:
             problems.extend(_agent_problems(agent, cell[0], connected))
+    lost = _recovery_json(recovery or {})
+    problems.extend(
+        f"lost in an etcd wipe: {r['kind']} {r['name']} (restore: {r['restore']})"
+        for r in lost["lost"]
+    )
     return {
         "schema": SCHEMA,
         "context": ctx.name,
@@ -173,10 +193,37 @@ def status_document(
             "heartbeat_age": heartbeat_age,
         },
         "peers": [
-            {"name": p.name, "id": p.id, "address": p.address, "tls_server_name": p.tls_server_name}
+            {
+                "name": p.name,
+                "id": p.id,
+                "address": p.address,
+                "tls_server_name": p.tls_server_name,
+                "watch": p.watch,
+                "export": p.export,
+            }
             for p in peers
         ],
         "agents": agents,
+        "recovery": lost,
+    }
+
+
+def _recovery_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """The lost-state part of the status from meshapi's recovery document."""
+    withheld = doc.get("withheld") or {}
+    return {
+        "recovering": bool(doc.get("recovering")),
+        "withheld": sorted(withheld),
+        "lost": [
+            {
+                "key": r.get("key", ""),
+                "kind": r.get("kind", ""),
+                "name": r.get("name", ""),
+                "restore": r.get("restore", ""),
+                "grace_left": (withheld.get(r.get("kind")) or {}).get("grace_left"),
+            }
+            for r in doc.get("lost") or []
+        ],
     }
 
 
@@ -186,13 +233,16 @@ async def fetch_status(ctx: Context) -> dict[str, Any]:
         async with MeshClient(ctx.server, ctx.tls_dir, server_name=ctx.server_name) as client:
             info = await client.get_cell()
             listed, _ = await client.list([Kind.HEARTBEAT, Kind.PEER, Kind.AGENT])
+            recovery = await client.recovery()
     except MeshApiError as e:
         return status_document(
             ctx, cell=None, records=[], error=describe_mesh_error(e, ctx), now=time.time()
         )
     cell = (info.config.name, int(info.config.id), info.revision)
     records = [r for _, r in listed]
-    return status_document(ctx, cell=cell, records=records, error=None, now=time.time())
+    return status_document(
+        ctx, cell=cell, records=records, error=None, now=time.time(), recovery=recovery
+    )
 
 
 async def wait_status(ctx: Context, *, wait: float | None) -> dict[str, Any]:
@@ -213,6 +263,14 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
+def _direction(peer: dict[str, Any]) -> str:
+    """Unicast peers say which way they read (older documents have neither field: both)."""
+    watch, export = peer.get("watch", True), peer.get("export", True)
+    if watch and export:
+        return ""
+    return ", watched only" if watch else ", reads this cell only"
+
+
 def format_status(doc: dict[str, Any]) -> str:
     api = doc["meshapi"]
     if api["reachable"]:
@@ -222,7 +280,9 @@ def format_status(doc: dict[str, Any]) -> str:
         )
     else:
         head = f"Cell:    context {doc['context']} at {doc['server']}: NOT REACHABLE"
-    peers = ", ".join(f"{p['name']} (id {p['id']}, {p['address']})" for p in doc["peers"])
+    peers = ", ".join(
+        f"{p['name']} (id {p['id']}, {p['address']}{_direction(p)})" for p in doc["peers"]
+    )
     agents = doc["agents"]
     reporting = sum(a["reporting"] for a in agents)
     lines = [
@@ -231,6 +291,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"Agents:  {len(agents)}, {reporting} reporting, "
         f"{sum(a['reporting'] and a['ready'] for a in agents)} ready",
     ]
+    lines.extend(_format_lost(doc.get("recovery") or {}))
     rows = [
         (
             a["node"],
@@ -253,6 +314,17 @@ def format_status(doc: dict[str, Any]) -> str:
     lines.append("Status:  ready" if doc["ready"] else "Status:  not ready")
     lines.extend(f"  - {problem}" for problem in doc["problems"])
     return "\n".join(lines)
+
+
+def _format_lost(recovery: dict[str, Any]) -> list[str]:
+    lost = recovery.get("lost") or []
+    if not lost:
+        return []
+    lines = ["", f"Lost:    {len(lost)} record(s) lost in an etcd wipe; the agents keep them "
+             "until restored or the grace period ends"]  # fmt: skip
+    rows = [(r["kind"], r["name"], _seconds(r["grace_left"]), r["restore"]) for r in lost]
+    lines.append(format_table(("KIND", "NAME", "KEPT-FOR", "RESTORE WITH"), rows))
+    return lines
 
 
 @click.command("status")

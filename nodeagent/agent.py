@@ -224,7 +224,8 @@ class Agent:
             await self._sync_routes()
 
     async def _sync_peers(self) -> None:
-        peers: dict[str, Peer] = dict(self.own.cache.peers)
+        # Only the peers this cell watches: a unicast peer that reads us is not watched back.
+        peers = {name: p for name, p in self.own.cache.peers.items() if p.watch}
         for name, w in list(self.watchers.items()):
             peer = peers.get(name)
             target = _target(peer) if peer else None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from bpf.layout import MapSizes
 from bpf.lbmaps import LbMaps
 from bpf.loader import SockLbLoader
 from bpf.pinned_maps import PinnedLbMaps
@@ -36,6 +37,7 @@ class DatapathConfig:
     cgroup: Path
     pin_dir: Path  # <bpffs>/cellmesh/<instance>
     object_path: Path = OBJECT_PATH
+    map_sizes: MapSizes = field(default_factory=MapSizes)  # --bpf-lb-map-max
 
 
 class AgentApp:
@@ -74,11 +76,14 @@ class AgentApp:
         if self.datapath is not None:
             dp = self.datapath
             loader = SockLbLoader(
-                object_path=dp.object_path, instance=dp.pin_dir.name, bpffs=dp.pin_dir.parent.parent
+                object_path=dp.object_path,
+                instance=dp.pin_dir.name,
+                bpffs=dp.pin_dir.parent.parent,
+                sizes=dp.map_sizes,
             )
             loader.attach(dp.cgroup)
             self.loader = loader
-            maps = PinnedLbMaps(loader.maps_dir)
+            maps = PinnedLbMaps(loader.maps_dir, sizes=dp.map_sizes)
         assert maps is not None
         self.agent = Agent(self.config, maps=maps, routes=self.routes)
         await self.agent.start()

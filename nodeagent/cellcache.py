@@ -191,6 +191,13 @@ class CellCache:
             self._on_touch(self.cell, touched)
         return touched
 
+    def is_held(self, key: str) -> bool:
+        """True when key stays only because its delete is held: the cell no longer has it."""
+        try:
+            return key in self._held.get(kind_of_key(key), ())
+        except RecordError:
+            return False
+
     @property
     def held_deletes(self) -> int:
         return sum(len(keys) for keys in self._held.values())

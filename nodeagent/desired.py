@@ -11,13 +11,21 @@ Ids: a backend id per (address, port, protocol), shared by every frontend that u
 when none does; a reverse-NAT id per frontend. `seed()` adopts the ids found in the pinned maps
 after a restart, so a restarted agent rewrites nothing that did not change. Slot order is stable:
 a new backend takes a freed slot or goes last, so one change rewrites O(1) slots.
+
+After a restart the sources arrive one by one (the own cell first, each peer later), so a
+frontend's first builds see only part of its backends. Until `release_restored()` (the delete
+gate opens: every source synced once) a restored frontend is ordered by its restored slots
+(`restored_order`): backends found in the maps keep their slot, new ones go after them — the
+same layout the gated reconciler writes — so when the last source's backends arrive the entry is
+the one the maps hold and nothing is rewritten. At release the order is rebased on what the maps
+hold, and backends that did not come back leave holes filled the usual way.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Final, cast
@@ -151,6 +159,27 @@ def patch_order(
     return tuple(cast(list[int], slots))
 
 
+def restored_order(
+    restored: tuple[int, ...], current: tuple[int, ...], new: Iterable[int]
+) -> tuple[int, ...]:
+    """`new` laid out on a restored frontend while sources are still arriving (pure).
+
+    Ids of ``restored`` (the slots the maps held at start-up) come first, in their restored
+    order; then ids already placed after them (``current``), in their order; then the other
+    ids, in id order. Holes are not filled: until the delete gate opens the maps keep every
+    restored backend in its slot, and new ones are written after them.
+    """
+    wanted = set(new)
+    placed: set[int] = set()
+    order = []
+    for b in (*restored, *current):
+        if b in wanted and b not in placed:
+            placed.add(b)
+            order.append(b)
+    order.extend(sorted(wanted - placed))
+    return tuple(order)
+
+
 @dataclass
 class DesiredStats:
     services: int = 0
@@ -169,7 +198,8 @@ class DesiredLb:
         self._backend_ids: dict[BackendKey, int] = {}
         self._backend_refs: Counter[int] = Counter()
         self._rev_nat: dict[Frontend, int] = {}
-        # Slot order found in the maps at start-up: a frontend's first `set_service` keeps it.
+        # Slot order found in the maps at start-up, the base of a restored frontend's order
+        # until `release_restored()` (every source synced once, or the sync timeout).
         self._restored_order: dict[Frontend, tuple[int, ...]] = {}
         self._ids = _Ids(BACKEND_ID_MAX)
         self._rev_ids = _Ids(REV_NAT_ID_MAX)
@@ -183,6 +213,24 @@ class DesiredLb:
             self._rev_nat[fe] = entry.rev_nat_id
             self._rev_ids.adopt(entry.rev_nat_id)
             self._restored_order[fe] = entry.backend_ids
+
+    def release_restored(self, held: Mapping[Frontend, ServiceEntry]) -> None:
+        """The delete gate opened: order restored frontends the usual way from now on.
+
+        ``held`` is what the maps hold now (restored slots plus what the gated reconciler
+        appended): each frontend's order is rebased on it, so backends that did not come back
+        leave holes that the others fill with the fewest slot writes.
+        """
+        for fe, restored in self._restored_order.items():
+            entry = self.state.services.get(fe)
+            if entry is None:
+                continue
+            have = held.get(fe)
+            order = stable_order(have.backend_ids if have else restored, entry.backend_ids)
+            if order != entry.backend_ids:
+                self.state.services[fe] = ServiceEntry(entry.rev_nat_id, order, entry.flags)
+                self.dirty_frontends.add(fe)
+        self._restored_order.clear()
 
     def set_service(self, ref: ServiceRef, merged: MergedService | None) -> None:
         """Replace what ref contributes with merged (None: the service is gone here)."""
@@ -257,7 +305,12 @@ class DesiredLb:
                 gone_ids.append(gone)
         if not new_ids and not gone_ids:
             return
-        order = patch_order(current.backend_ids, new_ids, gone_ids)
+        restored = self._restored_order.get(fe)
+        if restored is None:
+            order = patch_order(current.backend_ids, new_ids, gone_ids)
+        else:  # O(size of the frontend), only until the delete gate opens
+            kept = set(current.backend_ids).difference(gone_ids)
+            order = restored_order(restored, current.backend_ids, kept.union(new_ids))
         for bid in gone_ids:
             self._unref(bid)
         self.state.services[fe] = ServiceEntry(current.rev_nat_id, order, current.flags)
@@ -294,8 +347,12 @@ class DesiredLb:
         rev = self._rev_nat.get(fe)
         if rev is None:
             rev = self._rev_nat[fe] = self._rev_ids.take()
-        base = old_ids if current else self._restored_order.pop(fe, ())
-        entry = ServiceEntry(rev, stable_order(base, new_ids))
+        restored = self._restored_order.get(fe)
+        if restored is None:
+            order = stable_order(old_ids, new_ids)
+        else:
+            order = restored_order(restored, old_ids, new_ids)
+        entry = ServiceEntry(rev, order)
         if entry != current:
             self.state.services[fe] = entry
             self.dirty_frontends.add(fe)

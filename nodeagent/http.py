@@ -21,9 +21,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from bpf.lbmaps import MAP_SHAPES
 from nodeagent.agent import Agent
 from nodeagent.peers import PeerState, PeerWatcher
 from nodeagent.report import peer_report
+
+LB_MAPS = tuple(MAP_SHAPES)
 
 
 def peer_status(w: PeerWatcher, now: float) -> dict[str, Any]:
@@ -65,6 +68,12 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "applies": rec.stats.applies,
             "failed": rec.stats.failed,
             "last_error": rec.stats.last_error,
+            "attempts": rec.stats.attempts,
+            # Maps that refused entries (map full): capacity, entries parked, refusals so far.
+            "full": {
+                f.map_name: {"capacity": f.capacity, "parked": f.parked, "refused": f.refused}
+                for f in rec.full_maps()
+            },
         },
         "routes": {"errors": agent.stats.route_errors, "last_error": agent.stats.last_route_error},
         "time": time.time(),
@@ -118,6 +127,31 @@ class AgentCollector(Collector):
         yield CounterMetricFamily(
             "nodeagent_map_write_failures", "Failed map writes", value=agent.reconciler.stats.failed
         )
+        rec = agent.reconciler
+        full = {f.map_name: f for f in rec.full_maps()}
+        names = sorted({*LB_MAPS, *rec.full.refused})
+        is_full = GaugeMetricFamily(
+            "nodeagent_bpf_map_full",
+            "1 while the map refuses entries for lack of room",
+            labels=["map"],
+        )
+        parked = GaugeMetricFamily(
+            "nodeagent_bpf_map_parked_entries",
+            "Entries waiting for room in a full map",
+            labels=["map"],
+        )
+        refused = CounterMetricFamily(
+            "nodeagent_bpf_map_refused_entries",
+            "Writes a full map refused (E2BIG / ENOSPC)",
+            labels=["map"],
+        )
+        for name in names:
+            is_full.add_metric([name], 1.0 if name in full else 0.0)
+            parked.add_metric([name], full[name].parked if name in full else 0)
+            refused.add_metric([name], rec.full.refused[name])
+        yield is_full
+        yield parked
+        yield refused
         yield CounterMetricFamily(
             "nodeagent_merges",
             "Whole-service merges (service or cell state changed)",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from bpf.layout import LB_MAP_MAX_DEFAULT, LB_MAP_MAX_MIN, MapSizes
 from meshcore.flags import cidr, host_port, ip
 from meshcore.logs import configure_logging
 from meshcore.model import check_cell_name
@@ -71,6 +72,14 @@ def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
     default=str(OBJECT_PATH),
     show_default=True,
 )
+@click.option(
+    "--bpf-lb-map-max",
+    type=click.IntRange(min=LB_MAP_MAX_MIN, max=1 << 24),
+    default=LB_MAP_MAX_DEFAULT,
+    show_default=True,
+    help="Entries of the LB services and backends maps (reverse NAT: at most 65536). A "
+    "service takes 1 + its backends entries. Changing it needs the pins removed first.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def main(
     cell: str,
@@ -89,6 +98,7 @@ def main(
     pod_cidrs: tuple[str, ...],
     workloads: Path | None,
     bpf_object: Path,
+    bpf_lb_map_max: int,
     log_level: str,
 ) -> None:
     """Node agent: watch every connected cell, merge global services, program the datapath."""
@@ -120,7 +130,12 @@ def main(
         config,
         http=http,
         registrar=registrar,
-        datapath=DatapathConfig(cgroup=cgroup, pin_dir=pin_dir, object_path=bpf_object),
+        datapath=DatapathConfig(
+            cgroup=cgroup,
+            pin_dir=pin_dir,
+            object_path=bpf_object,
+            map_sizes=MapSizes.from_lb_map_max(bpf_lb_map_max),
+        ),
         routes=RouteTable(netns=netns) if netns else None,
     )
     asyncio.run(_run(app))

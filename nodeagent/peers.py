@@ -3,31 +3,35 @@
 Per cell: open an mTLS channel with the agent's certificate, fetch the cell's config and check it
 (`check_config`: name and id as connected, id unique, pod CIDRs not overlapping), then run a
 `ListWatcher` into the cell's `CellCache` (which validates every record and gates deletes on the
-sync canaries). The watcher reconnects with capped exponential backoff and jitter and resumes from
-its last revision; a refused config is retried the same way.
+sync canaries). The watcher reconnects with capped exponential backoff and jitter, cut short by
+a TCP probe as soon as the peer is back, and resumes from its last revision; a refused config is
+retried the same way.
 
-States: `connecting` → `syncing` → `ready`; `stale` when the stream is lost or the heartbeat is
-older than the limit after the first sync (the cache keeps its last-known-good state); `revoked`
-after the opt-in stale TTL (cache drained); `disconnected` once stopped by a disconnect (drained).
-`evaluate(now)` derives the state; the agent calls it on every tick.
+States: `connecting` → `syncing` → `ready`; `stale` when the stream is lost or the peer has shown
+no life for longer than the heartbeat timeout after the first sync (the cache keeps its
+last-known-good state). Life is the newer of the last heartbeat record and the last batch the
+stream delivered: a long listing is alive although its heartbeat is old. `revoked` after the
+opt-in stale TTL (cache drained); `disconnected` once stopped by a disconnect (drained).
+`evaluate(now)` derives the state; the agent calls it on every tick. Error classes come with the
+errors (`meshcore.client.ErrorClass`), never from parsing their messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import structlog
 
-from meshcore.client import AccessDenied, MeshApiError, MeshClient, PeerProtocolError
+from meshcore.client import LOST_CLASSES, ErrorClass, MeshApiError, MeshClient
 from meshcore.model import CellConfig
-from meshcore.watch.listwatch import BACKOFF, ListWatcher, WatchState
+from meshcore.watch.backoff import BACKOFF, backoff_delay, backoff_sleep
+from meshcore.watch.listwatch import ListWatcher, WatchSource, WatchState
 from nodeagent.cellcache import CellCache
 
 log = structlog.get_logger("nodeagent.peers")
@@ -46,32 +50,20 @@ DROPPED_STATES: frozenset[str] = frozenset({PeerState.REVOKED, PeerState.DISCONN
 """States whose cell contributes nothing to any merge (its cache is drained)."""
 
 
-class ErrorClass(StrEnum):
-    DNS = "dns"
-    TCP = "tcp"
-    TLS = "tls"
-    AUTHZ = "authz"
-    CONFIG = "config"
-    PROTOCOL = "protocol"
+__all__ = [
+    "DROPPED_STATES",
+    "ConfigRefused",
+    "ErrorClass",
+    "PeerState",
+    "PeerTarget",
+    "PeerWatcher",
+]
 
 
 class ConfigRefused(Exception):
     """The cell's config does not fit the mesh (wrong name or id, overlapping CIDRs)."""
 
-
-def classify(error: str, code: str = "") -> ErrorClass:
-    """The class of a connection error, from the gRPC status and message (for /status)."""
-    text = error.lower()
-    code = code.upper()
-    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-        return ErrorClass.AUTHZ
-    if "dns" in text or "resolution" in text or "name or service not known" in text:
-        return ErrorClass.DNS
-    if any(w in text for w in ("ssl", "tls", "handshake", "certificate")):
-        return ErrorClass.TLS
-    if code in ("INTERNAL", "DATA_LOSS", "UNIMPLEMENTED") or "protocol" in text:
-        return ErrorClass.PROTOCOL
-    return ErrorClass.TCP
+    error_class = ErrorClass.CONFIG
 
 
 @dataclass(frozen=True)
@@ -134,7 +126,7 @@ class PeerWatcher:
             self._client = None
 
     async def _run(self) -> None:
-        attempt = 0
+        attempt, woke = 0, False
         while True:
             client = MeshClient(
                 self.target.address, self._tls_dir, server_name=self.target.server_name
@@ -145,28 +137,33 @@ class PeerWatcher:
                 self._check_config(info.config)
                 self.cache.config = info.config
                 break
-            except ConfigRefused as e:
-                self._error(str(e), ErrorClass.CONFIG)
-            except AccessDenied as e:
-                self._error(str(e), ErrorClass.AUTHZ)
-            except PeerProtocolError as e:
-                self._error(str(e), ErrorClass.PROTOCOL)
-            except MeshApiError as e:
-                self._error(str(e), classify(str(e), e.code))
+            except (ConfigRefused, MeshApiError) as e:
+                self._error(str(e), e.error_class)
+                lost = e.error_class in LOST_CLASSES  # a probe can tell when it is back
             await client.close()
             self._client = None
-            delay = self._backoff[min(attempt, len(self._backoff) - 1)]
+            delay = backoff_delay(self._backoff, attempt)
             attempt += 1
-            await asyncio.sleep(delay * (1 + random.random() / 2))
+            probe = client.reachable if lost else None
+            if await backoff_sleep(delay, probe=probe, seen_down=not woke):
+                attempt, woke = 0, True  # the peer is back: short delays again
         log.info("Peer config accepted", peer=self.cell, cell_id=info.config.id)
-        self.watcher = ListWatcher(
-            client,
+        self.watcher = self.make_watcher(client, probe=client.reachable)
+        await self.watcher.run()
+
+    def make_watcher(
+        self, source: WatchSource, *, probe: Callable[[], Awaitable[bool]] | None = None
+    ) -> ListWatcher:
+        """The ListWatcher that feeds this cell's cache (on this watcher's clock)."""
+        return ListWatcher(
+            source,
             on_change=self.cache.apply,
             on_synced=self._synced,
             validate=self.cache.validate,
             backoff=self._backoff,
+            probe=probe,
+            clock=self._clock,
         )
-        await self.watcher.run()
 
     def _synced(self) -> None:
         self.synced_once = True
@@ -186,6 +183,15 @@ class PeerWatcher:
             return None
         return (self._clock() if now is None else now) - self.heartbeat_seen
 
+    def liveness_age(self, now: float) -> float | None:
+        """Seconds since the peer last showed life: a heartbeat, or any batch its stream
+        delivered (a listing that takes longer than the heartbeat timeout is alive)."""
+        seen = [self.heartbeat_seen]
+        if self.watcher is not None:
+            seen.append(self.watcher.last_batch_at)
+        times = [t for t in seen if t is not None]
+        return now - max(times) if times else None
+
     def evaluate(self, now: float | None = None) -> PeerState:
         """Derive the state from the watcher, the sync and the heartbeat age."""
         if self.state is PeerState.DISCONNECTED:
@@ -196,11 +202,13 @@ class PeerWatcher:
         watcher = self.watcher
         if watcher is not None and watcher.stats.last_error:
             self.last_error = watcher.stats.last_error
-            self.last_error_class = classify(
-                watcher.stats.last_error, watcher.stats.last_error_class
-            )
-        streaming = watcher is not None and watcher.state is WatchState.WATCHING
-        age = self.heartbeat_age(now)
+            self.last_error_class = ErrorClass(watcher.stats.last_error_class)
+        # Connected and delivering: watching, or (re)listing with batches arriving.
+        streaming = watcher is not None and watcher.state in (
+            WatchState.WATCHING,
+            WatchState.LISTING,
+        )
+        age = self.liveness_age(now)
         fresh = age is None or age <= self._heartbeat_timeout
         if not self.synced_once:
             state = PeerState.SYNCING if watcher is not None else PeerState.CONNECTING

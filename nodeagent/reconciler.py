@@ -6,6 +6,12 @@ key, and a key that still fails waits out its own backoff (`min * 2**n`, capped)
 goes on. `full_pass()` diffs everything (after re-reading the maps when asked) and repairs drift.
 Bookkeeping changes only after the maps took the write (LbMaps' view).
 
+A full map (`MapFull`: the kernel refused an insert with E2BIG / ENOSPC) is a bounded condition,
+not an error to hammer: the refused key is parked (`nodeagent.fullmaps`) — not retried on the
+backoff — until entries leave that map, with one probe per full map every `map_full_retry`
+seconds besides. Nothing is deleted to make room: a key whose write was refused keeps whatever it
+had in the maps. `full_maps()` reports it (/status, metrics, the agent report).
+
 Start-up: `restore()` reads the pinned maps back. Until `allow_deletes()` (every source synced
 once, or the sync timeout passed) nothing is removed: a service keeps its restored backends and
 gains new ones, and no service or backend is deleted — an agent restart never drops a connection.
@@ -19,15 +25,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from bpf.lbmaps import InvalidDiff, LbMaps, LbMapsError
+from bpf.layout import SERVICES_MAP
+from bpf.lbmaps import InvalidDiff, LbMaps, LbMapsError, MapFull
 from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
 from nodeagent.desired import DesiredLb
+from nodeagent.fullmaps import MAP_FULL_RETRY, FullMap, FullMaps, Key
 
 log = structlog.get_logger("nodeagent.reconciler")
 
 RETRY_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-Key = Frontend | int  # a frontend, or a backend id
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ReconcileStats:
     repaired: int = 0
     deferred_deletes: int = 0
     last_error: str = ""
+    attempts: int = 0  # LbMaps.apply calls, failed ones included
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Reconciler:
         desired: DesiredLb,
         *,
         backoff: tuple[float, ...] = RETRY_BACKOFF,
+        map_full_retry: float = MAP_FULL_RETRY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.maps = maps
@@ -72,6 +80,8 @@ class Reconciler:
         self._retry: dict[Key, _Retry] = {}
         self._deferred_frontends: set[Frontend] = set()
         self._deferred_backends: set[int] = set()
+        self.full = FullMaps(retry=map_full_retry)
+        self._room_seen = self._room_made()
 
     def restore(self) -> LbState:
         """Read the pinned maps into the view and seed the desired ids from them."""
@@ -91,6 +101,9 @@ class Reconciler:
         if self.deletes_allowed:
             return
         self.deletes_allowed = True
+        # Restored frontends kept their restored slots while the sources arrived; from now on
+        # they are ordered the usual way, rebased on what the maps hold.
+        self.desired.release_restored(self.maps.state.services)
         self.desired.dirty_frontends |= self._deferred_frontends
         self.desired.dirty_backends |= self._deferred_backends
         self._deferred_frontends.clear()
@@ -99,8 +112,9 @@ class Reconciler:
     # one pass over the dirty keys ----------------------------------------------------
 
     def sync(self) -> SyncResult:
-        fes, bids = self.desired.take_dirty()
         now = self._clock()
+        self._retry_parked(self.full.due(now))
+        fes, bids = self.desired.take_dirty()
         due = [k for k, r in self._retry.items() if r.due <= now]
         for key in due:
             if isinstance(key, int):
@@ -110,7 +124,9 @@ class Reconciler:
         waiting = {k for k, r in self._retry.items() if r.due > now}
         fes = {fe for fe in fes if fe not in waiting}
         bids = {b for b in bids if b not in waiting}
-        return self._reconcile(fes, bids)
+        result = self._reconcile(fes, bids)
+        self._unpark_freed()
+        return result
 
     def full_pass(self, *, reread: bool = False) -> SyncResult:
         """Diff every key; with reread, first read the maps back (repairs outside changes)."""
@@ -127,6 +143,7 @@ class Reconciler:
         bids = {b for b in view.backends.keys() | want.backends.keys()
                 if view.backends.get(b) != want.backends.get(b)}  # fmt: skip
         result = self._reconcile(fes, bids)
+        self._unpark_freed()
         if reread:
             # restore() queued what no service reaches (slots past a count, unused reverse NAT)
             # for the next apply; an empty diff sweeps it even when nothing else changed.
@@ -135,13 +152,14 @@ class Reconciler:
         return result
 
     def _reconcile(self, fes: Iterable[Frontend], bids: Iterable[int]) -> SyncResult:
-        fe_keys, bid_keys = set(fes), set(bids)
+        fe_keys, bid_keys = self._skip_parked(set(fes), set(bids))
         diff, deletes = self._diff(fe_keys, bid_keys)
         # A key retried while the maps already match (or its delete is deferred) is done.
-        for fe in fe_keys - diff.services.keys():
-            self._retry.pop(fe, None)
-        for bid in bid_keys - diff.backends.keys() - deletes:
-            self._retry.pop(bid, None)
+        done: list[Key] = [*(fe_keys - diff.services.keys())]
+        done += bid_keys - diff.backends.keys() - deletes
+        for key in done:
+            self._retry.pop(key, None)
+        self.full.landed(done)
         result = SyncResult()
         if diff:
             result = self._apply(diff)
@@ -208,11 +226,19 @@ class Reconciler:
 
     def _apply(self, diff: LbDiff) -> SyncResult:
         result = SyncResult()
+        if len(diff.services) + len(diff.backends) == 1:  # one key: no batch to split after
+            key: Key = next(iter(diff.services), None) or next(iter(diff.backends))
+            if self._apply_one(diff, key, result):
+                self.stats.applies += 1
+                if not isinstance(key, int):
+                    result.frontends.add(key)
+            return result
+        self.stats.attempts += 1
         try:
             self.maps.apply(diff)
         except (LbMapsError, InvalidDiff) as e:
             self._note(e)
-            return self._apply_each(diff)
+            return self._apply_each(diff, full=isinstance(e, MapFull))
         self.stats.applies += 1
         result.applied = len(diff)
         result.frontends = set(diff.services)
@@ -220,15 +246,22 @@ class Reconciler:
             self._retry.pop(fe, None)
         for bid in diff.backends:
             self._retry.pop(bid, None)
+        self._landed([*diff.services, *diff.backends])
         return result
 
-    def _apply_each(self, diff: LbDiff) -> SyncResult:
+    def _apply_each(self, diff: LbDiff, *, full: bool = False) -> SyncResult:
         """After a failed batch: one key at a time, so one bad key cannot hold up the rest."""
         result = SyncResult()
         view, want = self.maps.state, self.desired.state
-        for bid, be in diff.backends.items():
-            if be is not None:
-                self._apply_one(LbDiff(backends={bid: be}), bid, result)
+        ups = {bid: be for bid, be in diff.backends.items() if be is not None}
+        # After a full map, the new backends as one batch first: a batch refused for want of
+        # room in the services map need not cost one apply per backend (250 000 of them at
+        # Cilium's scale).
+        if full and len(ups) > 1 and self._apply_quiet(LbDiff(backends=dict(ups))):
+            result.applied += len(ups)
+            ups = {}
+        for bid, up in ups.items():
+            self._apply_one(LbDiff(backends={bid: up}), bid, result)
         for fe, entry in diff.services.items():
             part = LbDiff(services={fe: entry})
             if entry is not None:
@@ -242,9 +275,29 @@ class Reconciler:
                 self._apply_one(LbDiff(backends={bid: None}), bid, result)
         return result
 
-    def _apply_one(self, diff: LbDiff, key: Key, result: SyncResult) -> bool:
+    def _apply_quiet(self, diff: LbDiff) -> bool:
+        """One attempt; a failure is noted, not retried (the caller goes key by key)."""
+        self.stats.attempts += 1
         try:
             self.maps.apply(diff)
+        except (LbMapsError, InvalidDiff) as e:
+            self._note(e)
+            return False
+        keys: list[Key] = [*diff.services, *diff.backends]
+        for key in keys:
+            self._retry.pop(key, None)
+        self._landed(keys)
+        return True
+
+    def _apply_one(self, diff: LbDiff, key: Key, result: SyncResult) -> bool:
+        self.stats.attempts += 1
+        try:
+            self.maps.apply(diff)
+        except MapFull as e:
+            self._note(e)
+            self._park(key, e)
+            result.failed += 1
+            return False
         except (LbMapsError, InvalidDiff) as e:
             self._note(e)
             retry = self._retry.setdefault(key, _Retry())
@@ -254,6 +307,7 @@ class Reconciler:
             result.failed += 1
             return False
         self._retry.pop(key, None)
+        self._landed([key, *diff.backends])
         result.applied += 1
         return True
 
@@ -264,6 +318,65 @@ class Reconciler:
         else:
             self.stats.failed += 1
         self.stats.last_error = str(e)
+
+    # full maps -------------------------------------------------------------------------
+
+    def full_maps(self) -> list[FullMap]:
+        """The maps that refused entries and still have keys parked, by name."""
+        return self.full.report()
+
+    def _park(self, key: Key, e: MapFull) -> None:
+        self._retry.pop(key, None)
+        self.full.park(key, e, self._clock())
+
+    def _landed(self, keys: Iterable[Key]) -> None:
+        self.full.landed(keys)
+
+    def _retry_parked(self, keys: Iterable[Key]) -> None:
+        """Parked keys handed back: dirty again, so the next pass writes them."""
+        for key in keys:
+            if isinstance(key, int):
+                self.desired.dirty_backends.add(key)
+            else:
+                self.desired.dirty_frontends.add(key)
+
+    def _skip_parked(self, fes: set[Frontend], bids: set[int]) -> tuple[set[Frontend], set[int]]:
+        """Leave parked keys out, except those now to be deleted (a delete makes room)."""
+        if not len(self.full):
+            return fes, bids
+        want = self.desired.state
+        for fe in [fe for fe in fes if self.full.waiting(fe)]:
+            if fe in want.services:
+                fes.discard(fe)
+            else:
+                self.full.drop(fe)
+        for bid in [b for b in bids if self.full.waiting(b)]:
+            if bid in want.backends:
+                bids.discard(bid)
+            else:
+                self.full.drop(bid)
+        return fes, bids
+
+    def _unpark_freed(self) -> None:
+        """Entries left a full map: retry as many of its parked keys as that room may hold."""
+        made = self._room_made()
+        seen, self._room_seen = self._room_seen, made
+        if not len(self.full):
+            return
+        want = self.desired.state
+
+        def cost(key: Key) -> int:
+            entry = want.services.get(key) if not isinstance(key, int) else None
+            return len(entry.backend_ids) + 1 if entry is not None else 1
+
+        room = {name: n - seen.get(name, 0) for name, n in made.items()}
+        self._retry_parked(self.full.freed(room, cost))
+
+    def _room_made(self) -> dict[str, int]:
+        """Entries deleted per map, not counting those of refused writes taken back."""
+        made = dict(self.maps.stats.deleted_in)
+        made[SERVICES_MAP] = made.get(SERVICES_MAP, 0) - self.maps.stats.entries_unwound
+        return made
 
     @property
     def pending(self) -> int:

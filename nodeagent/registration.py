@@ -9,7 +9,10 @@ JSON, re-read when it changes):
 
 They are compared with what the own cell's cache holds for this node, and only the difference is
 written through the own meshapi (an agent may write only its own node's records). Missing records
-— e.g. after the cell's etcd was wiped — are written again on the next pass.
+are written again on the next pass — also after the cell's etcd was wiped, when the cache still
+shows them (last-known-good: their deletes are held until the cell's canaries return) but the
+store no longer has them: a record that stays only by a held delete counts as missing. meshapi
+withholds the node and endpoint canaries until every node registered again.
 """
 
 from __future__ import annotations
@@ -92,13 +95,13 @@ class Registrar:
             endpoints = self._endpoints
         puts: list[Record] = []
         node = self.node_record()
-        if own.nodes.get(self.node) != node:
+        if own.nodes.get(self.node) != node or own.is_held(node.key()):
             puts.append(node)
         have = {
             e.key(): e
             for by_address in own.endpoints.values()
             for e in by_address.values()
-            if e.node == self.node
+            if e.node == self.node and not own.is_held(e.key())
         }
         now = time.time()
         for key, want in endpoints.items():

@@ -75,13 +75,17 @@ def build_status(agent: Agent, *, wall_clock: Callable[[], float] = time.time) -
         peers=[peer_report(w, now) for w in _reported_watchers(agent)],
         services=len(agent.maps.state.services),
         backends=len(agent.maps.state.backends),
+        full_maps={f.map_name: f.parked for f in agent.reconciler.full_maps()},
     )
 
 
 def state_signature(agent: Agent) -> Signature:
-    """What, when it changes, is published at once: readiness and each cell's state and sync."""
+    """What, when it changes, is published at once: readiness, each cell's state and sync, and
+    which maps are full."""
     ready, _ = agent.ready()
-    return ready, tuple((w.cell, w.state.value, w.synced_once) for w in _reported_watchers(agent))
+    cells = tuple((w.cell, w.state.value, w.synced_once) for w in _reported_watchers(agent))
+    full = tuple((f.map_name, "full", True) for f in agent.reconciler.full_maps())
+    return ready, cells + full
 
 
 class StatusWriter(Protocol):

@@ -35,12 +35,13 @@ MAX_ERROR_LENGTH: Final = 512
 MAX_REPORTED_CELLS: Final = 256
 
 PeerStateName = Literal["connecting", "syncing", "ready", "stale", "revoked", "disconnected"]
-ErrorClassName = Literal["", "dns", "tcp", "tls", "authz", "config", "protocol"]
+ErrorClassName = Literal["", "dns", "tcp", "tls", "authz", "config", "protocol", "server", "resume"]
 
 Count = Annotated[int, Field(ge=0)]
 KindName = Annotated[str, Field(pattern=r"^[a-z]{1,32}$")]
 """A record kind's key segment (``nodes``, ``endpoints``...); free text, so newer kinds pass."""
 Message = Annotated[str, Field(max_length=MAX_ERROR_LENGTH)]
+MapName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")]
 
 
 class PeerReport(BaseModel):
@@ -73,6 +74,8 @@ class AgentStatus(BaseModel):
     peers: list[PeerReport] = Field(default_factory=list, max_length=MAX_REPORTED_CELLS)
     services: Count = 0
     backends: Count = 0
+    full_maps: dict[MapName, Count] = Field(default_factory=dict, max_length=16)
+    """BPF maps that refused entries for lack of room -> entries still waiting (map full)."""
 
     @model_validator(mode="after")
     def _check(self) -> AgentStatus:

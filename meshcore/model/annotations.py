@@ -11,7 +11,7 @@ that is not global is never shared and has no affinity.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshcore.model.names import shown
 from meshcore.model.records import Affinity
@@ -24,6 +24,7 @@ __all__ = [
     "LEGACY_SHARED",
     "SHARED",
     "ServiceFlags",
+    "UnknownValue",
     "parse_service_annotations",
 ]
 
@@ -39,13 +40,31 @@ _AFFINITIES = {affinity.value: affinity for affinity in Affinity}
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownValue:
+    """An annotation whose value is none of the allowed ones (the default was used)."""
+
+    key: str
+    value: str
+    allowed: tuple[str, ...]
+
+    def __str__(self) -> str:
+        allowed = ", ".join(repr(a) for a in self.allowed)
+        return f"{self.key}: unknown value {shown(self.value)} (allowed: {allowed})"
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceFlags:
-    """The ClusterMesh flags of one service and what was wrong with its annotations."""
+    """The ClusterMesh flags of one service and what was wrong with its annotations.
+
+    ``unknown`` lists the unknown values (also in ``warnings``) for a client that refuses them,
+    as ``meshctl apply`` does; it is not part of equality.
+    """
 
     global_: bool = False
     shared: bool = False
     affinity: Affinity = Affinity.NONE
     warnings: tuple[str, ...] = ()
+    unknown: tuple[UnknownValue, ...] = field(default=(), compare=False)
 
     @property
     def exported(self) -> bool:
@@ -79,11 +98,14 @@ def _pick(
     return chosen
 
 
-def _bool(setting: _Setting | None, default: bool, warnings: list[str]) -> bool:
+def _bool(
+    setting: _Setting | None, default: bool, warnings: list[str], unknown: list[UnknownValue]
+) -> bool:
     if setting is None:
         return default
     value = _BOOLS.get(setting.value)
     if value is None:
+        unknown.append(UnknownValue(setting.key, setting.raw, tuple(_BOOLS)))
         warnings.append(
             f"{setting.key}: unknown value {shown(setting.raw)} (expected 'true' or 'false'); "
             f"using the default {str(default).lower()!r}"
@@ -92,11 +114,14 @@ def _bool(setting: _Setting | None, default: bool, warnings: list[str]) -> bool:
     return value
 
 
-def _affinity(setting: _Setting | None, warnings: list[str]) -> Affinity:
+def _affinity(
+    setting: _Setting | None, warnings: list[str], unknown: list[UnknownValue]
+) -> Affinity:
     if setting is None:
         return Affinity.NONE
     value = _AFFINITIES.get(setting.value)
     if value is None:
+        unknown.append(UnknownValue(setting.key, setting.raw, tuple(_AFFINITIES)))
         warnings.append(
             f"{setting.key}: unknown value {shown(setting.raw)} (expected 'local', 'remote' or "
             "'none'); using the default 'none'"
@@ -108,10 +133,11 @@ def _affinity(setting: _Setting | None, warnings: list[str]) -> Affinity:
 def parse_service_annotations(annotations: Mapping[str, str]) -> ServiceFlags:
     """The flags that ``annotations`` ask for; problems become warnings, never errors."""
     warnings: list[str] = []
-    global_ = _bool(_pick(annotations, GLOBAL, LEGACY_GLOBAL, warnings), False, warnings)
-    shared = _bool(_pick(annotations, SHARED, LEGACY_SHARED, warnings), True, warnings)
+    unknown: list[UnknownValue] = []
+    global_ = _bool(_pick(annotations, GLOBAL, LEGACY_GLOBAL, warnings), False, warnings, unknown)
+    shared = _bool(_pick(annotations, SHARED, LEGACY_SHARED, warnings), True, warnings, unknown)
     affinity_setting = _pick(annotations, AFFINITY, LEGACY_AFFINITY, warnings)
-    affinity = _affinity(affinity_setting, warnings)
+    affinity = _affinity(affinity_setting, warnings, unknown)
     if not global_:
         if affinity is not Affinity.NONE and affinity_setting is not None:
             warnings.append(
@@ -119,4 +145,10 @@ def parse_service_annotations(annotations: Mapping[str, str]) -> ServiceFlags:
                 "the service is not global"
             )
         shared, affinity = False, Affinity.NONE
-    return ServiceFlags(global_=global_, shared=shared, affinity=affinity, warnings=tuple(warnings))
+    return ServiceFlags(
+        global_=global_,
+        shared=shared,
+        affinity=affinity,
+        warnings=tuple(warnings),
+        unknown=tuple(unknown),
+    )

@@ -25,19 +25,28 @@ from meshcore.model.names import (
     check_dns_label,
     check_port,
     check_port_name,
+    cut,
     parse_ip_address,
     shown,
 )
 from meshcore.model.records import Frontend, Service
 
 __all__ = [
+    "MAX_EXPANDED_NODES",
+    "ManifestDocument",
+    "check_annotation_values",
+    "document_kind",
     "is_service_manifest",
+    "load_documents",
     "load_manifests",
     "service_from_manifest",
     "service_ref_from_manifest",
 ]
 
 _HEADLESS = "None"
+# A Service is a few dozen nodes; a file of thousands of them stays far below this once its
+# aliases are expanded, while a 400-byte alias bomb expands to hundreds of millions.
+MAX_EXPANDED_NODES = 100_000
 
 
 class _Port(NamedTuple):
@@ -62,10 +71,67 @@ def _kind_of(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def load_manifests(text: str, *, source: str) -> list[dict[str, Any]]:
-    """The non-empty YAML documents of ``text``; each must be a mapping."""
+class ManifestDocument(NamedTuple):
+    """One non-empty document of a manifest file: its 1-based number and line, and its body."""
+
+    number: int
+    line: int
+    body: dict[str, Any]
+
+
+def _expanded_size(root: yaml.Node, *, limit: int, source: str, number: int) -> int:
+    """How many nodes the document ``root`` becomes with every alias expanded.
+
+    An alias is the same node object as its anchor: counted once per use (memoized, so this
+    costs one pass over the distinct nodes). A ManifestError beyond ``limit`` or for an alias
+    inside its own anchor.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        known = sizes.get(key)
+        if known is not None:
+            return known
+        if key in open_nodes:
+            raise ManifestError(
+                source,
+                "",
+                f"document {number}: an alias refers to its own anchor (a recursive document)",
+                line=node.start_mark.line + 1,
+            )
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                total += size(child)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                total += size(k) + size(v)
+        open_nodes.discard(key)
+        if total > limit:
+            raise ManifestError(
+                source,
+                "",
+                f"document {number}: YAML aliases expand it to more than {limit} nodes "
+                "(an alias bomb?); write the values out instead of repeating aliases",
+                line=root.start_mark.line + 1,
+            )
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def load_documents(text: str, *, source: str) -> list[ManifestDocument]:
+    """The non-empty YAML documents of ``text``, numbered; each must be a mapping.
+
+    Aliases may not expand a document beyond ``MAX_EXPANDED_NODES`` nodes: shared values are
+    cheap to parse but cost their expanded size in everything that walks them.
+    """
     loader = yaml.SafeLoader(text)
-    docs: list[dict[str, Any]] = []
+    docs: list[ManifestDocument] = []
     try:
         number = 0
         while loader.check_node():
@@ -73,6 +139,7 @@ def load_manifests(text: str, *, source: str) -> list[dict[str, Any]]:
             if node is None:  # pragma: no cover - check_node() said there is one
                 break
             number += 1
+            _expanded_size(node, limit=MAX_EXPANDED_NODES, source=source, number=number)
             doc = loader.construct_document(node)
             if doc is None:
                 continue
@@ -83,19 +150,60 @@ def load_manifests(text: str, *, source: str) -> list[dict[str, Any]]:
                     f"document {number} is {_kind_of(doc)}, not a mapping",
                     line=node.start_mark.line + 1,
                 )
-            docs.append(doc)
+            docs.append(ManifestDocument(number, node.start_mark.line + 1, doc))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "syntax error"
         line = mark.line + 1 if mark is not None else None
-        raise ManifestError(source, "", f"invalid YAML: {problem}", line=line) from e
+        raise ManifestError(source, "", f"invalid YAML: {cut(problem)}", line=line) from e
     except yaml.YAMLError as e:
-        raise ManifestError(source, "", f"invalid YAML: {e}") from e
+        raise ManifestError(source, "", f"invalid YAML: {cut(str(e))}") from e
     except RecursionError:
         raise ManifestError(source, "", "invalid YAML: nested too deeply") from None
+    except ManifestError:
+        raise
+    except ValueError as e:  # e.g. an integer past Python's digit limit
+        raise ManifestError(source, "", f"invalid YAML: {cut(str(e))}") from None
     finally:
         loader.dispose()
     return docs
+
+
+def load_manifests(text: str, *, source: str) -> list[dict[str, Any]]:
+    """The non-empty YAML documents of ``text``; each must be a mapping (see `load_documents`)."""
+    return [doc.body for doc in load_documents(text, source=source)]
+
+
+def document_kind(doc: Mapping[str, Any]) -> str:
+    """``apiVersion/kind`` of a document, cut for messages (whatever the values are)."""
+    version, kind = doc.get("apiVersion"), doc.get("kind")
+    text = f"{version}/{kind}" if isinstance(version, str) and isinstance(kind, str) else None
+    return cut(text, 80) if text is not None else f"kind {shown(kind)}"
+
+
+def check_annotation_values(doc: ManifestDocument, *, source: str) -> None:
+    """Refuse unknown annotation values of a Service manifest (what ``meshctl apply`` does).
+
+    The server accepts them (the key's default, reported as a warning); a client refuses them
+    before anything is written, naming the document, the annotation, the value and the allowed
+    values. Other faults are left to `service_from_manifest` (the server's answer).
+    """
+    metadata = doc.body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return
+    try:
+        unknown = parse_service_annotations(_annotations(metadata, source)).unknown
+    except ManifestError:
+        return
+    if unknown:
+        namespace, name = metadata.get("namespace", "default"), metadata.get("name")
+        what = f"document {doc.number} (Service {cut(str(namespace), 63)}/{cut(str(name), 63)})"
+        problems = "; ".join(
+            f"metadata.annotations[{shown(u.key)}]: unknown value {shown(u.value)} "
+            f"(allowed: {', '.join(repr(a) for a in u.allowed)})"
+            for u in unknown
+        )
+        raise ManifestError(source, "", f"{what}: {problems}", line=doc.line)
 
 
 def is_service_manifest(doc: Mapping[str, Any]) -> bool:
@@ -146,7 +254,7 @@ def _annotations(metadata: Mapping[str, Any], source: str) -> dict[str, str]:
     annotations = _mapping(metadata.get("annotations"), "metadata.annotations", source)
     out: dict[str, str] = {}
     for key, value in annotations.items():
-        path = f"metadata.annotations[{str(key)!r}]"
+        path = f"metadata.annotations[{shown(str(key))}]"
         if not isinstance(value, str):
             hint = f' (quote it: "{str(value).lower()}")' if isinstance(value, bool) else ""
             raise ManifestError(source, path, f"must be a string, got {_kind_of(value)}{hint}")

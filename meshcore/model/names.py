@@ -11,6 +11,7 @@ they appear in keys.
 from __future__ import annotations
 
 import re
+import reprlib
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Literal, NewType
 
@@ -35,6 +36,7 @@ __all__ = [
     "check_dns_subdomain",
     "check_port",
     "check_port_name",
+    "cut",
     "parse_ip_address",
     "parse_ip_network",
     "shown",
@@ -52,9 +54,35 @@ CellId = NewType("CellId", int)
 """A cell's numeric id, 1..255, unique in a mesh; bits 16-23 of its security identities."""
 
 
+def _bounded_repr(limit: int) -> reprlib.Repr:
+    bounded = reprlib.Repr()
+    # Few items per container and few levels: the work and the text stay small even for a
+    # value whose containers share themselves many times over (a YAML alias bomb).
+    bounded.maxlevel = 3
+    bounded.maxtuple = bounded.maxlist = bounded.maxset = bounded.maxfrozenset = 4
+    bounded.maxdeque = bounded.maxarray = bounded.maxdict = 4
+    bounded.maxstring = bounded.maxother = bounded.maxlong = max(limit, 8)
+    return bounded
+
+
 def shown(value: object, limit: int = 64) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for error messages about untrusted input."""
-    text = repr(value)
+    """A ``repr`` of untrusted input for messages, at most ``limit`` characters.
+
+    Never builds the full ``repr``: strings are cut before quoting, containers show their first
+    items to a bounded depth (``reprlib``), so the cost is bounded whatever the value is.
+    """
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+    else:
+        try:
+            text = _bounded_repr(limit).repr(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """Untrusted text (a file name, a key) as echoed in messages: at most ``limit`` characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -144,18 +144,30 @@ NodeRef = Annotated[str, AfterValidator(_check_node_ref)]
 
 
 class Peer(_Record):
-    """A cell that ``cell`` is connected to, and where its meshapi listens."""
+    """A cell that ``cell`` is connected to, and where its meshapi listens.
+
+    Each direction is a flag (both true in a bidirectional connection, and in records written
+    before they existed): ``watch`` -- the agents of ``cell`` watch the peer; ``export`` -- the
+    peer's agents may read ``cell`` (meshapi admits them). A unicast connection A -> B is A's
+    record for B with ``export`` false and B's record for A with ``watch`` false.
+    """
 
     cell: CellName
     name: CellName
     id: CellIdField
     address: PeerAddress
     tls_server_name: ServerName | None = None
+    watch: bool = True
+    export: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> Peer:
         if self.name == self.cell:
             raise ValueError(f"a cell cannot be its own peer ({self.cell!r})")
+        if not (self.watch or self.export):
+            raise ValueError(
+                f"peer {self.name!r} of cell {self.cell!r} neither watched nor exported to"
+            )
         return self
 
     def key(self) -> str:

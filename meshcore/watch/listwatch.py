@@ -1,9 +1,16 @@
-"""`ListWatcher`: keeps a validated local copy of one cell's records in step with its meshapi."""
+"""`ListWatcher`: keeps a validated local copy of one cell's records in step with its meshapi.
+
+List, then watch; after a broken stream, back off (`meshcore.watch.backoff`: short first delays,
+cut short by a probe when the peer comes back) and resume from the last revision; relist with
+mark-and-sweep when the peer says the revision is gone, or when resuming keeps failing although
+the peer answers (RESUME_FAILURE_LIMIT times in a row). `last_batch_at` (on the injected clock)
+is when the stream last delivered anything: a stream that delivers is alive, heartbeat or not.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,14 +19,26 @@ from typing import Protocol
 
 import structlog
 
-from meshcore.client import MeshApiError, PeerProtocolError, ResumeUnavailable
+from meshcore.client import (
+    LOST_CLASSES,
+    ErrorClass,
+    MeshApiError,
+    PeerProtocolError,
+    ResumeUnavailable,
+)
 from meshcore.model import Kind, Record, RecordError, decode_record, kind_of_key, kind_prefix
+from meshcore.watch.backoff import BACKOFF, Probe, backoff_delay, backoff_sleep
 from meshcore.wire import pb
+
+__all__ = ["BACKOFF", "RESUME_FAILURE_LIMIT", "Change", "ListWatcher", "WatchSource", "WatchState"]
 
 log = structlog.get_logger("meshcore.watch")
 
-# Backoff is data: delays in seconds, the last one repeats; jitter is added on top.
-BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+RESUME_FAILURE_LIMIT = 3
+"""Resumes in a row that the peer answered with an error (not a lost connection) before the
+watcher gives up on its revision and relists, as if the peer had said the revision is gone."""
+RESUME_FALLBACK_CLASSES = frozenset({ErrorClass.SERVER, ErrorClass.PROTOCOL})
+"""Failures a relist may cure (not a lost connection, not a refused certificate or right)."""
 
 
 class WatchSource(Protocol):
@@ -54,6 +73,8 @@ class WatchStats:
     listings: int = 0
     relists: int = 0
     resumes: int = 0
+    resume_fallbacks: int = 0
+    probe_wakeups: int = 0  # waits cut short because the peer was reachable again
     bad_records: Counter[str] = field(default_factory=Counter)
     last_error: str = ""
     last_error_class: str = ""
@@ -74,6 +95,9 @@ class ListWatcher:
         on_synced: Callable[[], None] | None = None,
         validate: Validator | None = None,
         backoff: tuple[float, ...] = BACKOFF,
+        probe: Probe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        resume_failure_limit: int = RESUME_FAILURE_LIMIT,
     ) -> None:
         self._source = source
         self._kinds = tuple(kinds)
@@ -81,6 +105,9 @@ class ListWatcher:
         self._on_synced = on_synced
         self._validate = validate
         self._backoff = backoff
+        self._probe = probe
+        self._clock = clock
+        self._resume_failure_limit = resume_failure_limit
         self.records: dict[str, Record] = {}
         self.revision = 0
         self.epoch = ""
@@ -90,32 +117,68 @@ class ListWatcher:
         self._stale: set[str] | None = None
         self._initial = True
         self._attempt = 0  # failures since the last synced batch (indexes the backoff)
+        self._resume_failures = 0  # resumes in a row that the peer answered with an error
+        self._received = False  # the current stream delivered a batch
+        self._woke_in_vain = False  # a probe cut a wait short and no stream has worked since
+        self.last_batch_at: float | None = None
 
     async def run(self) -> None:
         """Forever: stream; on failure back off and resume, or relist when the revision is gone."""
         while True:
+            lost = False  # the peer could not be reached (a probe can tell when it is back)
             try:
                 await self._stream_once()
             except ResumeUnavailable as e:
-                self._note_error(e, "resume")
+                self._note_error(e)
                 log.info("Resume unavailable, relisting", error=str(e))
-                self.revision, self.epoch = 0, ""
-                self.stats.relists += 1
+                self._relist()
                 continue
             except MeshApiError as e:
-                self._note_error(e, e.code.lower() or "unavailable")
+                self._note_error(e)
+                if self._resume_keeps_failing(e):
+                    log.warning(
+                        "Resume keeps failing, relisting",
+                        error=str(e),
+                        failures=self._resume_failures,
+                    )
+                    self.stats.resume_fallbacks += 1
+                    self._relist()
+                    continue
+                lost = e.error_class in LOST_CLASSES
             self.state = WatchState.BACKOFF
-            delay = self._backoff[min(self._attempt, len(self._backoff) - 1)]
+            delay = backoff_delay(self._backoff, self._attempt)
             self._attempt += 1
-            await asyncio.sleep(delay * (1 + random.random() / 2))
+            probe = self._probe if lost else None
+            if await backoff_sleep(delay, probe=probe, seen_down=not self._woke_in_vain):
+                # The peer is back: retry at once, and from the short delays again if that try
+                # comes too early (a server still starting). Until a stream works again, only a
+                # probe that fails and then succeeds counts as the peer coming back.
+                log.info("Peer reachable again, reconnecting", after_failures=self._attempt)
+                self.stats.probe_wakeups += 1
+                self._attempt = 0
+                self._woke_in_vain = True
 
-    def _note_error(self, e: Exception, cls: str) -> None:
+    def _resume_keeps_failing(self, e: MeshApiError) -> bool:
+        """Count a failed resume that the peer answered with an error a relist may cure and
+        that delivered nothing; True once there were RESUME_FAILURE_LIMIT of them in a row."""
+        if self._received or e.error_class not in RESUME_FALLBACK_CLASSES or self.revision == 0:
+            return False
+        self._resume_failures += 1
+        return self._resume_failures >= self._resume_failure_limit
+
+    def _relist(self) -> None:
+        self.revision, self.epoch = 0, ""
+        self._resume_failures = 0
+        self.stats.relists += 1
+
+    def _note_error(self, e: MeshApiError) -> None:
         self.stats.last_error = str(e)
-        self.stats.last_error_class = cls
+        self.stats.last_error_class = str(e.error_class)
 
     async def _stream_once(self) -> None:
         self.state = WatchState.CONNECTING
         self._initial = True
+        self._received = False
         listing = self.revision == 0
         if listing:
             self._stale = set(self.records)
@@ -130,6 +193,10 @@ class ListWatcher:
 
     def _apply(self, batch: pb.WatchBatch) -> None:
         self.stats.batches += 1
+        self.last_batch_at = self._clock()
+        self._received = True
+        self._resume_failures = 0
+        self._woke_in_vain = False
         if batch.revision < 0:
             raise PeerProtocolError(f"negative revision {batch.revision}")
         for ev in batch.events:

@@ -320,7 +320,10 @@ class ListResponse(_message.Message):
 
     RECORDS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    RECOVERY_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
+    recovery: _builtins.str
+    """JSON: the store-wipe recovery state (lost records, withheld"""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -328,10 +331,11 @@ class ListResponse(_message.Message):
         *,
         records: _abc.Iterable[Global___Event] | None = ...,
         revision: _builtins.int = ...,
+        recovery: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "recovery", b"recovery", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

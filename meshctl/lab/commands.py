@@ -1,10 +1,11 @@
-"""``meshctl lab up|status|exec|down``: a complete local mesh on this Linux host (root).
+"""``meshctl lab up|status|exec|stop|start|restart|down``: a complete local mesh on this host.
 
 Thin click commands over the lab modules: ``up`` plans (``topology``), records (``state``) and
-builds (``up``), tearing down what it made when a step fails; ``status`` renders
-``status.status_document``; ``exec`` runs a command inside a pod; ``down`` is
+builds (``up``), tearing down what it made when a step fails (its logs kept, the failing
+process's last lines in the error); ``status`` renders ``status.status_document``; ``exec``
+runs a command inside a pod; ``stop|start|restart`` are ``control``'s; ``down`` is
 ``down.teardown``. Bad flags are usage errors (exit 2); a refused or failed operation is one
-line (exit 1); never a traceback.
+line (exit 1, plus a log's last lines when a process exited); never a traceback. Root only.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from meshctl.contexts import ContextSelection
+from meshctl.lab import control, procs
 from meshctl.lab.down import leftovers, teardown
 from meshctl.lab.driver import exec_argv
 from meshctl.lab.state import LabState, StateError, load_state
@@ -31,7 +34,7 @@ from meshctl.lab.topology import (
     check_lab_name,
     plan_lab,
 )
-from meshctl.lab.up import Progress, UpError, build, plan_state
+from meshctl.lab.up import Progress, UpError, build, keep_logs, logs_dir, plan_state
 from meshctl.output import output_option
 
 __all__ = ["lab_group"]
@@ -142,10 +145,19 @@ def up_command(
     except (Exception, KeyboardInterrupt) as e:
         step = e.step if isinstance(e, UpError) else "interrupted"
         _emit(f"[lab {name}] failed at {step}; removing what was made")
+        reason = str(e) if isinstance(e, UpError) else f"{step}: {e or type(e).__name__}"
+        failed_log = e.log if isinstance(e, UpError) else None
+        logs = logs_dir(name)
+        kept = keep_logs(name)  # the clean-up removes the state directory, logs/ with it
+        if kept is not None:
+            reason = reason.replace(str(logs), str(kept))
+            if failed_log is not None and failed_log.is_relative_to(logs):
+                failed_log = kept / failed_log.relative_to(logs)
+        tail = _tail(failed_log) if failed_log is not None else ""  # read before the clean-up
         report = teardown(name, config_paths=[selection.config_path], emit=_emit)
         left = f" (cleanup problems: {'; '.join(report.problems)})" if report.problems else ""
-        reason = str(e) if isinstance(e, UpError) else f"{step}: {e or type(e).__name__}"
-        raise click.ClickException(f"lab up failed at {reason}{left}") from None
+        left += f"\nlogs kept in {kept}/" if kept is not None else ""
+        raise click.ClickException(f"lab up failed at {reason}{left}{tail}") from None
     _emit(f"[lab {name}] up in {time.monotonic() - started:.1f}s")
     click.echo(status_tables(status_document(state)))
 
@@ -201,6 +213,134 @@ def exec_command(ctx: click.Context, name: str, target: str, command: tuple[str,
     except KeyboardInterrupt:
         code = 130
     ctx.exit(code if code >= 0 else 128 - code)
+
+
+def _tail(log: Path) -> str:
+    lines = procs.log_tail(log, 20).splitlines()
+    return f"\nlast lines of {log}:\n" + "\n".join(f"  | {line}" for line in lines)
+
+
+def _target_option(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.argument("target", metavar="CELL[/NODE]"),
+            click.option(
+                "--component",
+                required=True,
+                type=click.Choice(control.KINDS),
+                help="etcd or meshapi: the cell's; agent: CELL/NODE's, or every agent of CELL.",
+            ),
+            click.option(
+                "--wipe",
+                is_flag=True,
+                help="etcd only: empty its data directory (after stopping, before starting).",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0.1),
+                default=30.0,
+                show_default=True,
+                help="Seconds: for a stopped process to exit before SIGKILL; for a started "
+                "one to serve HTTP.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+_signal_option = click.option(
+    "--signal",
+    "sig",
+    type=click.Choice(["TERM", "KILL"], case_sensitive=False),
+    default="TERM",
+    show_default=True,
+    help="TERM: a clean stop (SIGKILL after --timeout); KILL: a crash, at once.",
+)
+
+
+def _control(
+    action: Callable[..., list[control.Component]],
+    name: str,
+    target: str,
+    component: str,
+    **kwargs: object,
+) -> None:
+    _require_root()
+    try:
+        action(name, target, component, report=click.echo, **kwargs)
+    except (control.TargetError, StateError) as e:
+        raise click.ClickException(str(e)) from None
+    except procs.ProcessError as e:
+        raise click.ClickException(str(e) + (_tail(e.log) if e.log else "")) from None
+
+
+def _no_wipe_unless_etcd(component: str, wipe: bool) -> None:
+    if wipe and component != "etcd":
+        raise click.UsageError(
+            f"--wipe empties etcd's data directory; it does not apply to --component {component}"
+        )
+
+
+@lab_group.command("stop")
+@_name_option
+@_target_option
+@_signal_option
+def stop_command(
+    name: str, target: str, component: str, wipe: bool, timeout: float, sig: str
+) -> None:
+    """Stop a component: etcd or meshapi of CELL, the agent of CELL/NODE (all agents of CELL).
+
+    Rehearse a crash with --signal KILL; `lab status` shows it as stopped until `lab start`.
+
+    \b
+    Example: meshctl lab stop beta --component meshapi --signal KILL
+    """
+    _no_wipe_unless_etcd(component, wipe)
+    signum = signal.Signals[f"SIG{sig.upper()}"]
+    _control(
+        control.stop_components, name, target, component, sig=signum, timeout=timeout, wipe=wipe
+    )
+
+
+@lab_group.command("start")
+@_name_option
+@_target_option
+def start_command(name: str, target: str, component: str, wipe: bool, timeout: float) -> None:
+    """Start a stopped component again with the command line `up` gave it (same ports, log).
+
+    Returns once it serves HTTP (etcd /health, meshapi and agent /healthz).
+
+    \b
+    Example: meshctl lab start beta --component meshapi
+    """
+    _no_wipe_unless_etcd(component, wipe)
+    _control(control.start_components, name, target, component, timeout=timeout, wipe=wipe)
+
+
+@lab_group.command("restart")
+@_name_option
+@_target_option
+@_signal_option
+def restart_command(
+    name: str, target: str, component: str, wipe: bool, timeout: float, sig: str
+) -> None:
+    """Stop and start a component (with --wipe: etcd comes back empty).
+
+    \b
+    Example: meshctl lab restart alpha/node0 --component agent --signal KILL
+    """
+    _no_wipe_unless_etcd(component, wipe)
+    signum = signal.Signals[f"SIG{sig.upper()}"]
+    _control(
+        control.restart_components,
+        name,
+        target,
+        component,
+        sig=signum,
+        timeout=timeout,
+        wipe=wipe,
+    )
 
 
 @lab_group.command("down")

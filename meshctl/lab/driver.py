@@ -4,7 +4,8 @@ It works on the lab's state file (under its lock): a pod is added to the state b
 namespace and echo server are made, and dropped from it only after they are gone, so
 ``meshctl lab down`` removes whatever the driver added, even after a crash. Endpoints are
 registered through the node's workloads file, which the node's agent re-reads when it changes.
-Control-plane restarts reuse the argv recorded at ``up`` (same flags, same ports).
+Control-plane stops and restarts are ``control``'s (the argv recorded at ``up``: same flags,
+same ports), as ``meshctl lab stop|start`` does them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from e2e.driver import ExecResult, Pod, PodSpec
 from meshctl.lab import pods, procs
+from meshctl.lab.control import start_process, stop_process
 from meshctl.lab.state import (
     LabState,
     NodeState,
@@ -161,36 +163,40 @@ class LabDriver:
     def stop_meshapi(self, cell: str) -> None:
         with locked(self.name):
             state = self.state()
-            found = state.cell(cell)
-            _stop(found.meshapi_process, f"meshapi of {cell}")
+            what = f"meshapi of {cell}"
+            stop_process(_recorded(state.cell(cell).meshapi_process, what), what)
             save_state(state)
 
     def start_meshapi(self, cell: str) -> None:
         with locked(self.name):
             state = self.state()
             found = state.cell(cell)
-            process = _restart(found.meshapi_process, f"meshapi of {cell}")
+            process = _recorded(found.meshapi_process, f"meshapi of {cell}")
+            start_process(process)
             save_state(state)
         procs.wait_serving(
-            [(f"meshapi of {cell}", found.meshapi_http, _check(process))],
+            [procs.ServeTarget(f"meshapi of {cell}", found.meshapi_http, _check(process),
+                               Path(process.log))],
             path="/readyz",
             timeout=START_TIMEOUT,
             what="ready",
-        )
+        )  # fmt: skip
 
     def restart_agent(self, cell: str, node: str) -> None:
         with locked(self.name):
             state = self.state()
             found = state.node(cell, node)
-            _stop(found.agent, f"agent {cell}/{node}")
-            process = _restart(found.agent, f"agent {cell}/{node}")
+            process = _recorded(found.agent, f"agent {cell}/{node}")
+            stop_process(process, f"agent {cell}/{node}")
+            start_process(process)
             save_state(state)
         procs.wait_serving(
-            [(f"agent {cell}/{node}", found.http, _check(process))],
+            [procs.ServeTarget(f"agent {cell}/{node}", found.http, _check(process),
+                               Path(process.log))],
             path="/healthz",
             timeout=START_TIMEOUT,
             what="serving",
-        )
+        )  # fmt: skip
 
 
 def _pod_address(node: NodeState, host: int) -> str:
@@ -207,22 +213,7 @@ def _check(process: ProcessState) -> procs.ProcessCheck:
     return lambda: procs.alive(process.pid, process.starttime)
 
 
-def _stop(process: ProcessState | None, what: str) -> None:
+def _recorded(process: ProcessState | None, what: str) -> ProcessState:
     if process is None:
         raise StateError(f"{what} was never started")
-    if process.pid is not None and process.starttime is not None:
-        left = procs.terminate([(process.pid, process.starttime)])
-        if left:
-            raise procs.ProcessError(f"{what} (pid {process.pid}) did not exit")
-    process.pid = process.starttime = None
-
-
-def _restart(process: ProcessState | None, what: str) -> ProcessState:
-    if process is None:
-        raise StateError(f"{what} was never started")
-    if not procs.alive(process.pid, process.starttime):
-        cgroup = Path(process.cgroup) if process.cgroup else None
-        process.pid, process.starttime = procs.spawn(
-            process.argv, log=Path(process.log), cgroup=cgroup
-        )
     return process

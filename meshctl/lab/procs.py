@@ -3,7 +3,9 @@
 A process is recorded as its argv, pid and ``/proc/<pid>/stat`` start time (clock ticks since
 boot): a pid that was reused by another program has another start time, so ``down`` never
 signals a process the lab did not start. Processes outlive the ``meshctl`` that started them
-(own session, output to a log file). Stopping is SIGTERM, a wait, then SIGKILL, by pid only.
+(own session, output to a log file). Stopping is SIGTERM, a wait, then SIGKILL, by pid only
+(or SIGKILL at once, to rehearse a crash). A process that exits while it is awaited fails with
+a `ProcessError` carrying its log, whose last lines (`log_tail`) go into the error shown.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
     "CGROUP_JOIN",
     "DAEMONS",
     "ProcessCheck",
     "ProcessError",
+    "ServeTarget",
     "alive",
     "http_status",
+    "log_tail",
     "pids_with_argument_under",
     "read_starttime",
     "spawn",
@@ -41,7 +46,24 @@ ProcessCheck = Callable[[], bool]  # "is the process still running?"
 
 
 class ProcessError(RuntimeError):
-    """A process could not be started or does not serve; the message names it."""
+    """A process could not be started or does not serve; the message names it, `log` its log."""
+
+    def __init__(self, message: str, *, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+def log_tail(log: Path, lines: int = 20) -> str:
+    """The last lines of a log (for an error message), or why there are none."""
+    try:
+        with log.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError as e:
+        return f"(cannot read {log}: {e.strerror})"
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else f"({log} is empty)"
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -106,27 +128,32 @@ def spawn(
                 env=env,
             )
     except OSError as e:
-        raise ProcessError(f"cannot start {argv[0]}: {e}") from e
+        raise ProcessError(f"cannot start {argv[0]}: {e}", log=log) from e
     starttime = read_starttime(proc.pid)
     if starttime is None:
         proc.wait()
-        raise ProcessError(f"{argv[0]} exited at once (see {log})")
+        raise ProcessError(f"{argv[0]} exited at once (see {log})", log=log)
     _CHILDREN[proc.pid] = proc  # reaped by `alive` once it has exited
     return proc.pid, starttime
 
 
 def terminate(
-    processes: Iterable[tuple[int, int]], *, timeout: float = 10.0, kill_after: float = 5.0
+    processes: Iterable[tuple[int, int]],
+    *,
+    timeout: float = 10.0,
+    kill_after: float = 5.0,
+    first: signal.Signals = signal.SIGTERM,
 ) -> list[int]:
-    """SIGTERM every (pid, starttime) still alive, wait, SIGKILL the rest; wait for them.
+    """Send `first` (SIGTERM) to every (pid, starttime) still alive, wait, SIGKILL the rest.
 
     Returns the pids still alive at the end (normally none).
     """
     pending = {(pid, st) for pid, st in processes if alive(pid, st)}
-    for pid, _ in pending:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    pending = _wait_gone(pending, timeout)
+    if first != signal.SIGKILL:
+        for pid, _ in pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, first)
+        pending = _wait_gone(pending, timeout)
     for pid, _ in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -188,25 +215,34 @@ def http_status(host_port: str, path: str, *, timeout: float = 1.0) -> int:
         return 0
 
 
+class ServeTarget(NamedTuple):
+    """A process awaited by `wait_serving`: its label, HOST:PORT, liveness check and log."""
+
+    label: str
+    address: str
+    check: ProcessCheck
+    log: Path | None = None
+
+
 def wait_serving(
-    targets: Sequence[tuple[str, str, ProcessCheck]],
+    targets: Sequence[ServeTarget],
     *,
     path: str,
     timeout: float,
     what: str,
 ) -> None:
-    """Wait until GET path answers 200 on every (label, HOST:PORT, process) target.
+    """Wait until GET path answers 200 on every target.
 
-    Fails at once when a target's process has exited, naming it; at the deadline, names the
-    targets still not answering and the last status each gave.
+    Fails at once when a target's process has exited, naming it (and its log); at the deadline,
+    names the targets still not answering and the last status each gave.
     """
     deadline = time.monotonic() + timeout
-    pending = {label: (address, check) for label, address, check in targets}
+    pending = {t.label: t for t in targets}
     last: dict[str, int] = {}
     while pending:
-        for label, (address, check) in list(pending.items()):
+        for label, (_, address, check, log) in list(pending.items()):
             if not check():
-                raise ProcessError(f"{label} exited (see its log)")
+                raise ProcessError(f"{label} exited (see {log or 'its log'})", log=log)
             last[label] = http_status(address, path)
             if last[label] == 200:
                 del pending[label]

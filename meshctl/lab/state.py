@@ -44,13 +44,18 @@ class StateError(RuntimeError):
 
 
 class ProcessState(BaseModel):
-    """A process the lab runs: how to start it again, and how to know it (pid + start time)."""
+    """A process the lab runs: how to start it again, and how to know it (pid + start time).
+
+    ``stopped``: stopped on purpose (``lab stop``); its pid is then None. A recorded pid that no
+    longer runs without ``stopped`` is a process that exited by itself.
+    """
 
     argv: list[str]
     log: str
     cgroup: str | None = None
     pid: int | None = None
     starttime: int | None = None
+    stopped: bool = False
 
 
 class PortState(BaseModel):

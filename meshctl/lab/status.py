@@ -7,16 +7,18 @@ docs/lab.md); fields are only ever added::
      "state_dir": DIR, "config": CONTEXTS_FILE, "healthy": BOOL,
      "underlay": {"netns": NS, "exists": BOOL},
      "cells": [{"name", "id", "pod_cidr", "node_cidr", "context", "context_present",
-                "etcd":    {"endpoint", "pid", "alive", "healthy", "log"},
-                "meshapi": {"address", "http", "pid", "alive", "ready", "log"},
+                "etcd":    {"endpoint", "pid", "alive", "state", "healthy", "log"},
+                "meshapi": {"address", "http", "pid", "alive", "state", "ready", "log"},
                 "nodes": [{"name", "netns", "netns_exists", "address", "pod_cidr", "gateway",
                            "cgroup", "pin_dir", "workloads",
-                           "agent": {"http", "pid", "alive", "ready", "log"},
+                           "agent": {"http", "pid", "alive", "state", "ready", "log"},
                            "pods": [{"name", "address", "netns", "netns_exists", "pid",
-                                     "alive", "ready", "services": ["ns/name"],
+                                     "alive", "state", "ready", "services": ["ns/name"],
                                      "ports": [{"name", "port", "protocol"}]}]}]}]}
 
-``alive``: the recorded pid runs with its recorded start time. ``healthy`` (etcd), ``ready``
+``alive``: the recorded pid runs with its recorded start time. ``state``: ``running``,
+``stopped`` (by ``lab stop``; pid null), ``exited`` (the recorded pid is gone though nobody
+stopped it: a crash) or ``not-started``. ``healthy`` (etcd), ``ready``
 (meshapi, agent): ``/health`` resp. ``/readyz`` answered 200 on loopback just now. A pod's
 ``ready`` is the readiness its endpoints are registered with. ``healthy`` at the top: every
 namespace exists, every process is alive, every etcd healthy and every meshapi and agent ready.
@@ -40,12 +42,15 @@ SCHEMA = "cellmesh.lab/v1"
 
 def _process(process: ProcessState | None) -> dict[str, Any]:
     if process is None:
-        return {"pid": None, "alive": False, "log": None}
-    return {
-        "pid": process.pid,
-        "alive": procs.alive(process.pid, process.starttime),
-        "log": process.log,
-    }
+        return {"pid": None, "alive": False, "state": "not-started", "log": None}
+    alive = procs.alive(process.pid, process.starttime)
+    if alive:
+        state = "running"
+    elif process.stopped:
+        state = "stopped"
+    else:
+        state = "exited" if process.pid is not None else "not-started"
+    return {"pid": process.pid, "alive": alive, "state": state, "log": process.log}
 
 
 def status_document(state: LabState) -> dict[str, Any]:
@@ -147,9 +152,10 @@ def _mark(ok: bool) -> str:
 
 
 def _pid(block: dict[str, Any]) -> str:
-    if block["pid"] is None:
-        return "-"
-    return f"{block['pid']}{'' if block['alive'] else ' (dead)'}"
+    pid = "-" if block["pid"] is None else str(block["pid"])
+    if block["state"] == "running" or (block["state"] == "not-started" and pid == "-"):
+        return pid
+    return f"{pid} ({block['state']})"
 
 
 def status_tables(doc: dict[str, Any]) -> str:

@@ -3,9 +3,10 @@
 Flow: `plan_state` (topology + free loopback ports → a `LabState` naming everything) →
 `save_state` (before anything exists) → `build`, one step at a time, each reported by
 `Progress` as one line on stderr; the state is saved again as each process starts. A step that
-fails raises `UpError` naming the step; the command then tears down what was made
-(``down.teardown``). The control plane listens on 127.0.0.1 only; the data plane lives in the
-lab's namespaces (``netns``).
+fails raises `UpError` naming the step (and the log of a process that exited); the command then
+moves the logs out of the state directory (`keep_logs`, to ``FAILED_LOGS/<lab>``) and tears
+down what was made (``down.teardown``). The control plane listens on 127.0.0.1 only; the data
+plane lives in the lab's namespaces (``netns``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from meshcore.localetcd import free_loopback_port
 from meshctl.contexts import Context, ContextError, add_context
 from meshctl.lab import netns, pods, procs
 from meshctl.lab.state import (
+    STATE_ROOT,
     CellState,
     LabState,
     NodeState,
@@ -34,7 +36,20 @@ from meshctl.lab.state import (
 )
 from meshctl.lab.topology import DEMO_SERVICE, ECHO_PORT, LabPlan
 
-__all__ = ["Progress", "UpError", "build", "console_script", "plan_state"]
+__all__ = [
+    "FAILED_LOGS",
+    "Progress",
+    "UpError",
+    "build",
+    "console_script",
+    "keep_logs",
+    "logs_dir",
+    "plan_state",
+]
+
+# The logs of a failed ``up`` survive its clean-up here (``<lab>/``), until the next failed up
+# of the same lab replaces them (or a reboot: /run is tmpfs). ``down`` leaves them alone.
+FAILED_LOGS = STATE_ROOT.parent / "lab-failed"
 
 TRUST_DOMAIN_SUFFIX = "lab.cellmesh.local"
 HEARTBEAT_INTERVAL = "1"  # meshapi: seconds between heartbeats
@@ -42,11 +57,13 @@ HEARTBEAT_TIMEOUT = "10"  # nodeagent: a peer silent this long is stale
 
 
 class UpError(RuntimeError):
-    """A step of ``up`` failed; ``step`` names it, the message says why."""
+    """A step of ``up`` failed; ``step`` names it, the message says why; ``log`` is the log of
+    the process whose exit failed it, if one did."""
 
-    def __init__(self, step: str, message: str) -> None:
+    def __init__(self, step: str, message: str, *, log: Path | None = None) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
+        self.log = log
 
 
 class Progress:
@@ -64,7 +81,8 @@ class Progress:
         except UpError:
             raise
         except Exception as e:  # every failure of a step is reported with the step's name
-            raise UpError(what, str(e) or type(e).__name__) from e
+            log = e.log if isinstance(e, procs.ProcessError) else None
+            raise UpError(what, str(e) or type(e).__name__, log=log) from e
         self.emit(f"[lab {self.lab}] {what} ({time.monotonic() - started:.1f}s)")
 
 
@@ -159,10 +177,31 @@ def plan_state(plan: LabPlan, *, config_path: Path) -> LabState:
     )
 
 
+def logs_dir(name: str) -> Path:
+    return state_dir(name) / "logs"
+
+
+def keep_logs(name: str) -> Path | None:
+    """Move the logs of lab ``name`` to ``FAILED_LOGS/<name>`` (before its clean-up deletes
+    them); returns where, or None when there were none or they could not be moved. On one
+    filesystem (both under /run) it is a rename: running processes keep writing to them."""
+    source = logs_dir(name)
+    if not source.is_dir():
+        return None
+    kept = FAILED_LOGS / name
+    try:
+        FAILED_LOGS.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.move(source, kept)
+    except OSError:
+        return None
+    return kept
+
+
 def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) -> None:
     """Create everything the state names; on failure raise `UpError` (the caller cleans up)."""
     directory = state_dir(state.name)
-    logs = directory / "logs"
+    logs = logs_dir(state.name)
     nodes = [(cell, node) for cell in state.cells for node in cell.nodes]
     all_pods = [(cell, node, pod) for cell, node in nodes for pod in node.pods]
     with progress.step("prerequisites"):
@@ -196,7 +235,7 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
             cell.etcd_process = _start(argv, logs / f"{cell.name}-etcd.log")
         save_state(state)
         procs.wait_serving(
-            [(f"etcd of {c.name}", c.etcd, _check(c.etcd_process)) for c in state.cells],
+            [_target(f"etcd of {c.name}", c.etcd, c.etcd_process) for c in state.cells],
             path="/health",
             timeout=timeout,
             what="healthy",
@@ -213,7 +252,7 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
             cell.meshapi_process = _start(argv, logs / f"{cell.name}-meshapi.log")
         save_state(state)
         procs.wait_serving(
-            [(f"meshapi of {c.name}", c.meshapi_http, _check(c.meshapi_process))
+            [_target(f"meshapi of {c.name}", c.meshapi_http, c.meshapi_process)
              for c in state.cells],
             path="/healthz",
             timeout=timeout,
@@ -225,7 +264,7 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
             node.agent = _start(agent_argv(agent_bin, cell, node), logs / _agent_log(cell, node))
         save_state(state)
         procs.wait_serving(
-            [(f"agent {c.name}/{n.name}", n.http, _check(n.agent)) for c, n in nodes],
+            [_target(f"agent {c.name}/{n.name}", n.http, n.agent) for c, n in nodes],
             path="/healthz",
             timeout=timeout,
             what="serving",
@@ -247,9 +286,9 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
     if wait:
         with progress.step("every meshapi and agent ready"):
             targets = [
-                (f"meshapi of {c.name}", c.meshapi_http, _check(c.meshapi_process))
+                _target(f"meshapi of {c.name}", c.meshapi_http, c.meshapi_process)
                 for c in state.cells
-            ] + [(f"agent {c.name}/{n.name}", n.http, _check(n.agent)) for c, n in nodes]
+            ] + [_target(f"agent {c.name}/{n.name}", n.http, n.agent) for c, n in nodes]
             procs.wait_serving(targets, path="/readyz", timeout=timeout, what="ready")
     state.phase = "up"
     save_state(state)
@@ -288,6 +327,11 @@ def _start(argv: list[str], log: Path) -> ProcessState:
 
 def _check(process: ProcessState | None) -> procs.ProcessCheck:
     return lambda: process is not None and procs.alive(process.pid, process.starttime)
+
+
+def _target(label: str, address: str, process: ProcessState | None) -> procs.ServeTarget:
+    log = Path(process.log) if process is not None else None
+    return procs.ServeTarget(label, address, _check(process), log)
 
 
 def _issue_certificates(state: LabState) -> None:

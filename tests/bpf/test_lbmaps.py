@@ -19,11 +19,12 @@ from bpf.layout import (
     SERVICES_MAP,
     Lb4Backend,
     Lb4Service,
+    MapSizes,
     pack_backend_id,
 )
-from bpf.lbmaps import FakeLbMaps, FaultyLbMaps, InvalidDiff, LbMaps, LbMapsError
+from bpf.lbmaps import FakeLbMaps, FaultyLbMaps, InvalidDiff, LbMaps, LbMapsError, MapFull
 from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
-from bpf.loader import SockLbLoader, pin_root
+from bpf.loader import LoaderError, SockLbLoader, pin_root
 from bpf.pinned_maps import PinnedLbMaps
 
 
@@ -324,8 +325,83 @@ def test_stale_pins_of_another_layout_are_refused() -> None:
 
 
 def test_a_full_map_is_an_error_not_a_crash() -> None:
-    fake = FakeLbMaps()
-    too_many = {b: be(b % 60000 + 1) for b in range(1, 262_146)}
-    with pytest.raises(LbMapsError, match="map full"):
+    fake = FakeLbMaps(sizes=MapSizes.from_lb_map_max(64))
+    too_many = {b: be(b) for b in range(1, 66)}
+    with pytest.raises(MapFull, match="map full") as caught:
         fake.apply(LbDiff(backends=dict(too_many)))
+    assert (caught.value.map_name, caught.value.capacity) == (BACKENDS_MAP, 64)
     assert fake.state.backends == {}
+
+
+def test_the_default_maps_hold_the_scale_test() -> None:
+    # 250 000 endpoints in 25 000 services of 10: 275 000 service entries, 250 000 backends.
+    sizes = MapSizes()
+    assert sizes.services >= 2 * 275_000 * 0.9
+    assert sizes.backends >= 250_000
+    assert sizes.reverse_nat >= 25_000
+
+
+def test_a_full_kernel_map_raises_map_full_and_keeps_what_it_held(
+    sized_loader: SockLbLoader,
+) -> None:
+    with PinnedLbMaps(sized_loader.maps_dir, sizes=SMALL) as real:
+        assert real.capacity[SERVICES_MAP] == SMALL.services
+        first = LbState(
+            services={fe(n): ServiceEntry(n, (2 * n - 1, 2 * n)) for n in range(1, 6)},
+            backends={b: be(b) for b in range(1, 11)},
+        )
+        real.apply(full(first))  # 15 of the 16 service entries
+        before = real.dump()
+        grown = LbState(
+            services={**first.services, fe(1): ServiceEntry(1, (1, 2, 11))},
+            backends={**first.backends, 11: be(11)},
+        )
+        real.apply(LbDiff.between(first, grown))  # slot 3 of fe(1): the 16th entry
+        with pytest.raises(MapFull, match=r"cm_lb4_services: map full \(16 entries\)"):
+            real.apply(
+                LbDiff(services={fe(6): ServiceEntry(6, (1,))})  # two more entries
+            )
+        after = real.dump()
+        # Nothing that was there is gone: every line of before is still in the maps.
+        assert set(before.splitlines()) - set(after.splitlines()) <= {
+            "service 172.20.0.1:80/tcp rev_nat=1 flags=0x00 count=2 backends=[1,2]"
+        }
+        assert "service 172.20.0.1:80/tcp rev_nat=1 flags=0x00 count=3 backends=[1,2,11]" in after
+
+
+SMALL = MapSizes(services=16, backends=64, reverse_nat=16)
+
+
+@pytest.fixture
+def sized_loader(sock_lb_object: Path) -> Iterator[SockLbLoader]:
+    loader = SockLbLoader(
+        object_path=sock_lb_object, instance=f"test-{uuid.uuid4().hex[:10]}", sizes=SMALL
+    )
+    try:
+        loader.load()
+        yield loader
+    finally:
+        loader.unpin()
+
+
+def test_pinned_maps_of_another_size_are_refused_with_what_to_do(
+    sized_loader: SockLbLoader, sock_lb_object: Path
+) -> None:
+    sized_loader.close()
+    other = SockLbLoader(
+        object_path=sock_lb_object,
+        instance=sized_loader.instance,
+        sizes=MapSizes.from_lb_map_max(128),
+    )
+    with pytest.raises(LoaderError) as caught:
+        other.load()
+    message = str(caught.value)
+    assert "holds 16 entries at most" in message
+    assert "--bpf-lb-map-max 16" in message
+    assert f"rm -r {sized_loader.root}" in message
+    # The pinned datapath is left as it was, and the same size still loads.
+    with PinnedLbMaps(sized_loader.maps_dir) as real:
+        assert real.capacity[SERVICES_MAP] == 16
+    again = SockLbLoader(object_path=sock_lb_object, instance=sized_loader.instance, sizes=SMALL)
+    again.load()
+    again.close()

@@ -1,9 +1,10 @@
 """Fixtures for the lab's tests: ``meshctl lab`` run as an operator runs it, and proof of cleanup.
 
-Every lab gets a unique name (``t<hex>``) and a private contexts file; every finalizer runs
-``meshctl lab down`` (also when the test failed) and then checks that nothing is left: no
-namespace, cgroup or pin with the lab's prefix, no recorded process alive, no state directory,
-no context, and the host's root network namespace exactly as before (links, addresses, routes).
+Every lab gets a unique name (``t<hex>``; the prefix from ``CELLMESH_TEST_LAB_PREFIX`` when
+set) and a private contexts file; every finalizer runs ``meshctl lab down`` (also when the test
+failed) and then checks that nothing is left: no namespace, cgroup or pin with the lab's prefix,
+no recorded process alive, no state directory, no context, and the host's root network namespace
+exactly as before (links, addresses, routes). Logs a failed ``up`` kept are removed too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ import pytest
 
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
 PYTHON = sys.executable
+LAB_PREFIX = os.environ.get("CELLMESH_TEST_LAB_PREFIX", "t")
+FAILED_LOGS = Path("/run/cellmesh/lab-failed")  # where a failed `up` keeps its logs
 
 # A client run inside a pod: one TCP connect or UDP exchange, retried until a deadline (routes
 # and registrations propagate asynchronously); prints the echo server's reply line.
@@ -56,10 +60,11 @@ def run(
     config: Path,
     timeout: float = 120,
     path: str | None = None,
+    extra_env: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """``meshctl ARGS`` with the lab's contexts file (and PATH, when given)."""
-    env = {**os.environ, "MESHCTL_CONFIG": str(config)}
+    """``meshctl ARGS`` with the lab's contexts file (and PATH or more variables, when given)."""
+    env = {**os.environ, "MESHCTL_CONFIG": str(config), **(extra_env or {})}
     env.pop("MESHCTL_CONTEXT", None)
     if path is not None:
         env["PATH"] = path
@@ -86,6 +91,16 @@ def root_netns_snapshot() -> dict[str, Any]:
         "addrs": addrs,
         "routes": ip_json("route", "show", "table", "all"),
     }
+
+
+def bpffs_mounts(mountpoint: str = "/sys/fs/bpf") -> int:
+    """How many bpf filesystems are mounted at mountpoint (stacked mounts count each)."""
+    count = 0
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, rest = line.partition(" - ")
+        if fields.split()[4] == mountpoint and rest.split()[0] == "bpf":
+            count += 1
+    return count
 
 
 def _starttime(pid: int) -> int | None:
@@ -186,12 +201,13 @@ class Lab:
         done = self.lab("down")
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
+        shutil.rmtree(FAILED_LOGS / self.name, ignore_errors=True)
         wait_gone(self.name, self.config, self.seen)
 
 
 def new_lab(tmp: Path) -> Lab:
     tmp.mkdir(parents=True, exist_ok=True)
-    return Lab(name=f"t{secrets.token_hex(4)}", config=tmp / "meshctl.json")
+    return Lab(name=f"{LAB_PREFIX}{secrets.token_hex(4)}", config=tmp / "meshctl.json")
 
 
 @contextlib.contextmanager

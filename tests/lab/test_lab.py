@@ -19,7 +19,7 @@ from e2e.driver import PodSpec, PortSpec
 from meshcore.client import MeshClient
 from meshcore.model import Peer
 from meshctl.lab import LabDriver
-from tests.lab.conftest import Lab, cleaned_up, ip_json, new_lab
+from tests.lab.conftest import Lab, bpffs_mounts, cleaned_up, ip_json, new_lab
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,9 @@ def test_status_json_names_every_part(mesh_lab: Lab) -> None:
         "beta/node1/echo-1-0": ("10.2.2.10", True),
     }
     for cell in doc["cells"]:
+        states = [cell["etcd"]["state"], cell["meshapi"]["state"]]
+        states += [node["agent"]["state"] for node in cell["nodes"]]
+        assert states == ["running"] * len(states)
         assert cell["etcd"]["alive"]
         assert cell["etcd"]["healthy"]
         assert cell["meshapi"]["alive"]
@@ -104,6 +107,11 @@ def test_status_json_names_every_part(mesh_lab: Lab) -> None:
         assert all(node["agent"]["alive"] and node["agent"]["ready"] for node in cell["nodes"])
     contexts = json.loads(mesh_lab.config.read_text())["contexts"]
     assert contexts[f"{mesh_lab.name}-alpha"]["server"] == doc["cells"][0]["meshapi"]["address"]
+
+
+def test_agents_starting_together_leave_one_bpffs_mount(mesh_lab: Lab) -> None:
+    # Four agents started at once; each makes sure bpffs is mounted, none may stack another.
+    assert bpffs_mounts("/sys/fs/bpf") == 1
 
 
 def test_up_refuses_an_existing_lab(mesh_lab: Lab) -> None:
@@ -195,7 +203,7 @@ def test_driver_restarts_the_control_plane(connected: Lab) -> None:
     driver.restart_agent("alpha", "node0")
     driver.stop_meshapi("beta")
     stopped = connected.status()["cells"][1]["meshapi"]
-    assert (stopped["alive"], stopped["ready"]) == (False, False)
+    assert (stopped["alive"], stopped["ready"], stopped["state"]) == (False, False, "stopped")
     driver.start_meshapi("beta")
     connected.remember()
     after = connected.status()["cells"]
@@ -214,6 +222,7 @@ def test_driver_restarts_the_control_plane(connected: Lab) -> None:
 
 def test_down_removes_everything_and_is_idempotent(mesh_lab: Lab) -> None:
     mesh_lab.down_and_check()
+    assert bpffs_mounts("/sys/fs/bpf") == 1  # the host's bpffs stays, once
     again = mesh_lab.lab("down")
     assert again.returncode == 0, again.stderr
     assert "nothing to remove" in again.stdout

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import MESHCTL, Lab, leftovers, recorded_processes
+from tests.lab.conftest import (
+    FAILED_LOGS,
+    MESHCTL,
+    PYTHON,
+    Lab,
+    bpffs_mounts,
+    leftovers,
+    recorded_processes,
+)
 
 LabFactory = Callable[[], Lab]
 
@@ -106,9 +114,49 @@ def test_a_failing_step_is_reported_and_undone(lab_factory: LabFactory, tmp_path
     path = f"{fake}:{os.environ['PATH']}"
     done = lab.lab("up", "--cells", "1", "--nodes", "2", path=path)
     assert done.returncode == 1
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: lab up failed at etcd (1): etcd of alpha exited"), done.stderr
+    error = done.stderr[done.stderr.index("Error: ") :].splitlines()
+    assert error[0].startswith("Error: lab up failed at etcd (1): etcd of alpha exited"), error
+    # The log the error points to survives the clean-up, and its last lines are in the error.
+    kept = FAILED_LOGS / lab.name / "alpha-etcd.log"
+    assert error[1] == f"logs kept in {FAILED_LOGS / lab.name}/"
+    assert error[2:] == [f"last lines of {kept}:", "  | etcd: cannot start"]
+    assert kept.read_text() == "etcd: cannot start\n"
     assert "Traceback" not in done.stderr
+    assert leftovers(lab.name, lab.config, lab.seen) == []
+
+
+# Makes every `nodeagent` of the lab exit at start-up, saying so (Python imports sitecustomize
+# from PYTHONPATH before running the console script; meshctl and meshapi are not affected).
+FAILING_AGENT = """\
+import os, sys
+if os.path.basename(sys.argv[0]) == "nodeagent":
+    print("agent: injected failure at start-up", file=sys.stderr)
+    sys.exit(5)
+"""
+
+
+def test_a_failing_agent_keeps_its_log_and_shows_its_last_lines(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    lab = lab_factory()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAILING_AGENT)
+    done = lab.lab(
+        "up", "--cells", "1", "--nodes", "1", "--pods-per-node", "0",
+        extra_env={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])},
+    )  # fmt: skip
+    assert done.returncode == 1
+    kept = FAILED_LOGS / lab.name / "alpha-node0-agent.log"
+    error = done.stderr[done.stderr.index("Error: ") :]
+    assert error.startswith(
+        f"Error: lab up failed at node agents (1): agent alpha/node0 exited (see {kept})"
+    ), error
+    assert f"\nlast lines of {kept}:\n" in error
+    assert "  | agent: injected failure at start-up" in error.splitlines()
+    assert "agent: injected failure at start-up" in kept.read_text()
+    # The other logs of the failed up are kept too; the lab itself is gone.
+    assert (FAILED_LOGS / lab.name / "alpha-meshapi.log").exists()
     assert leftovers(lab.name, lab.config, lab.seen) == []
 
 
@@ -145,3 +193,47 @@ def test_status_of_a_missing_lab_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == "Error: no lab named 'tnolab' (no /run/cellmesh/lab/tnolab/state.json)\n"
     assert json.loads(done.stdout or "null") is None
+
+
+# A host without bpffs, as a fresh machine is: in a private mount namespace (the host's own
+# bpffs is untouched), /sys/fs/bpf is unmounted; then `lab up` (its agents all start at once,
+# each ensuring bpffs) and `lab down`, counting the bpf mounts at /sys/fs/bpf after each.
+FRESH_HOST = r"""
+import json, subprocess, sys
+meshctl, name = sys.argv[1], sys.argv[2]
+
+def bpf_mounts():
+    count = 0
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            if fields.split()[4] == "/sys/fs/bpf" and rest.split()[0] == "bpf":
+                count += 1
+    return count
+
+subprocess.run(["umount", "/sys/fs/bpf"], check=True)
+result = {"before": bpf_mounts()}
+up = subprocess.run([meshctl, "lab", "up", "--name", name, "--cells", "1", "--nodes", "4",
+                     "--pods-per-node", "0", "--wait"], capture_output=True, text=True)
+result |= {"up": up.returncode, "up_stderr": up.stderr, "after_up": bpf_mounts()}
+down = subprocess.run([meshctl, "lab", "down", "--name", name], capture_output=True, text=True)
+result |= {"down": down.returncode, "down_stderr": down.stderr, "after_down": bpf_mounts()}
+print(json.dumps(result))
+"""
+
+
+def test_first_up_on_a_host_without_bpffs_mounts_it_once(lab_factory: LabFactory) -> None:
+    lab = lab_factory()
+    env = {**os.environ, "MESHCTL_CONFIG": str(lab.config)}
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", PYTHON, "-c", FRESH_HOST, MESHCTL, lab.name],
+        capture_output=True, text=True, timeout=180, env=env, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["before"] == 0
+    assert result["up"] == 0, result["up_stderr"]
+    assert result["after_up"] == 1, "agents starting together stacked bpffs mounts"
+    assert result["down"] == 0, result["down_stderr"]
+    assert result["after_down"] == 1
+    assert bpffs_mounts() == 1  # the host's own, untouched

@@ -12,9 +12,9 @@ import pytest
 from certs import Role
 from meshapi.app import MeshApiApp
 from meshcore import wire
-from meshcore.client import AccessDenied, MeshClient, PeerUnavailable
+from meshcore.client import AccessDenied, CertificateRefused, MeshClient
 from meshcore.localetcd import LocalEtcd
-from meshcore.model import Kind
+from meshcore.model import Kind, Peer
 from meshcore.wire import pb
 from tests.conftest import MeshApiFactory, Pki
 from tests.meshapi.helpers import endpoint, peer, service
@@ -131,14 +131,17 @@ async def test_peer_cannot_apply_manifests(pki: Pki, alpha: MeshApiApp) -> None:
 
 
 async def test_certificate_from_another_ca_is_refused(foreign_pki: Pki, alpha: MeshApiApp) -> None:
-    with pytest.raises(PeerUnavailable) as info:
+    with pytest.raises(CertificateRefused) as info:
         await _first_batch(f"127.0.0.1:{alpha.grpc_port}", foreign_pki.tls("alpha", Role.ADMIN))
     assert info.value.code == "UNAVAILABLE"
+    assert "is not trusted" in str(info.value)
 
 
 async def test_expired_certificate_is_refused(expired_admin_tls: Path, alpha: MeshApiApp) -> None:
-    with pytest.raises(PeerUnavailable):
+    with pytest.raises(CertificateRefused) as info:
         await _first_batch(f"127.0.0.1:{alpha.grpc_port}", expired_admin_tls)
+    assert "refused this client's certificate" in str(info.value)
+    assert "expired at" in str(info.value)
 
 
 async def test_client_without_certificate_is_refused(pki: Pki, alpha: MeshApiApp) -> None:
@@ -185,3 +188,19 @@ async def test_openssl_s_client_without_certificate_is_refused(pki: Pki, alpha: 
         "-cert", str(tls / "tls.crt"), "-key", str(tls / "tls.key"), timeout=2,
     )  # fmt: skip
     assert accepted is None, accepted
+
+
+async def test_unicast_directions_decide_who_may_watch(pki: Pki, alpha: MeshApiApp) -> None:
+    """alpha watches gamma without exporting to it; delta may read alpha (a grant only)."""
+    address = f"127.0.0.1:{alpha.grpc_port}"
+    async with MeshClient(address, pki.tls("alpha", Role.ADMIN)) as admin:
+        await admin.write(
+            puts=[
+                Peer(cell="alpha", name="gamma", id=3, address="127.0.0.1:1", export=False),
+                Peer(cell="alpha", name="delta", id=4, address="127.0.0.1:1", watch=False),
+            ]
+        )
+    with pytest.raises(AccessDenied, match="cell alpha watches cell gamma but does not export"):
+        await _first_batch(address, pki.tls("gamma", Role.AGENT, node="g1"))
+    batch = await _first_batch(address, pki.tls("delta", Role.AGENT, node="d1"))
+    assert [ev.key for ev in batch.events] == [service("alpha").key()]

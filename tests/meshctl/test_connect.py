@@ -22,13 +22,16 @@ from click.testing import CliRunner, Result
 from bpf.lbmaps import FakeLbMaps
 from certs import Role, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
+from meshcore.client import AccessDenied, MeshClient
 from meshcore.localetcd import LocalEtcd
 from meshcore.model import Kind, Peer, peer_key
 from meshctl.cli import cli
 from meshctl.contexts import Context, add_context
 from nodeagent.agent import Agent, AgentConfig
+from nodeagent.merge import ServiceRef
 from nodeagent.peers import PeerState
 from tests.conftest import CELL_CIDRS, CELL_IDS, Pki, wait_for
+from tests.meshapi.helpers import endpoint, service
 
 
 @dataclass
@@ -173,16 +176,101 @@ async def test_connect_bidirectional_agents_become_ready(
     assert {c: cells.peers(c) for c in ("alpha", "beta")} == before  # not even rewritten
 
 
-async def test_global_context_option_and_unicast(cells: Cells) -> None:
+async def refused(cells: Cells, context: str, tls_dir: Path) -> str:
+    """Watch the cell behind ``context`` with ``tls_dir``'s certificate: the refusal's message."""
+
+    async def first_batch(client: MeshClient) -> None:
+        async for _ in client.watch([Kind.SERVICE]):
+            break
+
+    async with MeshClient(f"127.0.0.1:{cells.apps[context].grpc_port}", tls_dir) as client:
+        with pytest.raises(AccessDenied) as info:
+            await first_batch(client)
+    return str(info.value)
+
+
+async def test_unicast_source_agents_read_the_destination_which_never_reads_back(
+    cells: Cells, agents: AgentStarter, pki: Pki
+) -> None:
     await cells.start("alpha")
-    await cells.start("beta")
+    beta = await cells.start("beta")
+    async with MeshClient(f"127.0.0.1:{beta.grpc_port}", pki.tls("beta", Role.ADMIN)) as admin:
+        await admin.write(puts=[service("beta"), endpoint("beta", 1)])
+    a1 = await agents("alpha", "a1", "alpha")
+    b1 = await agents("beta", "b1", "beta")
+
     result = await cells.run(
         "--context", "alpha", "connect", "--destination-context", "beta",
         "--connection-mode", "unicast",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert list(cells.peers("alpha")) == [peer_key("alpha", "beta")]
-    assert cells.peers("beta") == {}
+    assert "cell alpha: peer beta" in result.stdout
+    assert "(unicast: alpha reads beta)" in result.stdout
+    assert "cell beta: peer alpha" in result.stdout
+    ab = cells.peers("alpha")[peer_key("alpha", "beta")][0]
+    assert (ab.watch, ab.export) == (True, False)
+    ba = cells.peers("beta")[peer_key("beta", "alpha")][0]
+    assert (ba.watch, ba.export) == (False, True)
+
+    # alpha's agent reads beta: beta's meshapi admits it, and beta's service arrives.
+    ref = ServiceRef("demo", "echo")
+    await wait_for(
+        lambda: connected(a1, "beta") and ref in a1.watchers["beta"].cache.services,
+        what="alpha's agent synced beta",
+    )
+    # beta's agent knows the grant but never watches alpha.
+    await wait_for(lambda: "alpha" in b1.own.cache.peers, what="beta's agent saw its record")
+    rounds = b1.stats.rounds
+    await wait_for(lambda: b1.stats.rounds >= rounds + 10, what="ten rounds of beta's agent")
+    assert b1.watchers == {}
+    assert b1.ready() == (True, "ready")
+    # alpha does not export to beta; beta exports to alpha only, not to gamma.
+    message = await refused(cells, "alpha", pki.tls("beta", Role.AGENT, node="b1"))
+    assert "cell alpha watches cell beta but does not export to it" in message
+    message = await refused(cells, "beta", pki.tls("gamma", Role.AGENT, node="g1"))  # no grant
+    assert "cell gamma is not a connected peer of cell beta" in message
+
+    again = await cells.run(
+        "connect", "--context", "alpha", "--destination-context", "beta",
+        "--connection-mode", "unicast",
+    )  # fmt: skip
+    assert "alpha and beta are already connected (unicast)." in again.stdout
+
+    gone = await cells.run(
+        "disconnect", "--context", "alpha", "--destination-context", "beta",
+        "--connection-mode", "unicast",
+    )  # fmt: skip
+    assert gone.exit_code == 0, gone.output
+    assert "cell alpha: peer beta removed" in gone.stdout
+    assert "cell beta: peer alpha removed" in gone.stdout
+    assert cells.peers("alpha") == cells.peers("beta") == {}
+    await wait_for(lambda: "beta" not in a1.watchers, what="alpha's agent drained beta")
+    message = await refused(cells, "beta", pki.tls("alpha", Role.AGENT, node="a1"))
+    assert "cell alpha is not a connected peer of cell beta" in message
+
+
+async def test_unicast_both_ways_is_bidirectional_and_disconnect_keeps_the_other_way(
+    cells: Cells,
+) -> None:
+    await cells.start("alpha")
+    await cells.start("beta")
+    unicast = ("--connection-mode", "unicast")
+    assert (await cells.run("connect", "--context", "alpha", "--destination-context", "beta",
+                            *unicast)).exit_code == 0  # fmt: skip
+    assert (await cells.run("connect", "--context", "beta", "--destination-context", "alpha",
+                            *unicast)).exit_code == 0  # fmt: skip
+    for cell, other in (("alpha", "beta"), ("beta", "alpha")):
+        record = cells.peers(cell)[peer_key(cell, other)][0]
+        assert (record.watch, record.export) == (True, True)
+    result = await cells.run(
+        "disconnect", "--context", "beta", "--destination-context", "alpha", *unicast
+    )
+    assert result.exit_code == 0, result.output
+    assert "cell beta: peer alpha kept (unicast: alpha reads beta)" in result.stdout
+    ab = cells.peers("alpha")[peer_key("alpha", "beta")][0]
+    assert (ab.watch, ab.export) == (True, False)
+    ba = cells.peers("beta")[peer_key("beta", "alpha")][0]
+    assert (ba.watch, ba.export) == (False, True)
 
 
 async def test_dry_run_changes_nothing(cells: Cells) -> None:

@@ -33,11 +33,13 @@ metadata:
   namespace: demo
   annotations:
     service.cilium.io/global: "true"
-    service.cilium.io/affinity: sideways
+    service.cilium.io/affinity: local
 spec:
   clusterIP: 10.96.0.10
   ports: [{name: http, port: 80}]
 """
+# meshctl refuses it; the server takes the default ('none') and reports the value.
+SIDEWAYS_SERVICE = GLOBAL_SERVICE.replace("affinity: local", "affinity: sideways")
 
 PLAIN_SERVICE = """\
 apiVersion: v1
@@ -108,13 +110,15 @@ def names(services: list[dict[str, Any]]) -> list[str]:
 
 async def test_apply_list_delete_global_service(mesh: Mesh, tmp_path: Path) -> None:
     manifest = tmp_path / "echo.yaml"
-    manifest.write_text(GLOBAL_SERVICE)
+    manifest.write_text(SIDEWAYS_SERVICE)
 
-    applied = await mesh.run("apply", "-f", str(manifest))
-    assert applied.exit_code == 0, applied.output
-    assert applied.stdout == "service/demo/echo applied\n"
-    assert applied.stderr.startswith(
-        "warning: demo/echo: service.cilium.io/affinity: unknown value 'sideways'"
+    # meshctl refuses the unknown affinity (test_unknown_annotation_values_are_refused); another
+    # client of the API gets the default and the warning, which `services` then shows.
+    async with MeshClient(mesh.server, mesh.pki.tls("alpha", Role.ADMIN)) as client:
+        applied = await client.apply_manifest(SIDEWAYS_SERVICE, source=str(manifest))
+    assert applied.keys == ("cellmesh/v1/services/alpha/demo/echo",)
+    assert applied.warnings[0].startswith(
+        "demo/echo: service.cilium.io/affinity: unknown value 'sideways'"
     )
 
     # Two backends, one of them not ready, written as a standalone source would.
@@ -215,11 +219,97 @@ async def test_invalid_yaml_and_empty_file(mesh: Mesh, tmp_path: Path) -> None:
     assert f"{broken}: line" in result.stderr
     assert "invalid YAML" in result.stderr
 
-    empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    result = await mesh.run("apply", "-f", str(empty))
-    assert result.exit_code == 0, result.output
-    assert f"warning: {empty}: no Service documents" in result.stderr
+
+def refused(result: Result, *messages: str) -> None:
+    """meshctl exited 1 with one clear line naming what is wrong, and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    for message in messages:
+        assert message in result.stderr, result.stderr
+    assert len(result.stderr) < 1000, len(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["apply", "delete"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("", "no documents: nothing to {command}", id="empty"),
+        pytest.param("# only a comment\n---\n", "no documents", id="only-comments"),
+        pytest.param(
+            "apiVersion: apps/v1\nkind: Deployment\n---\nkind: ConfigMap\napiVersion: v1\n",
+            "no Service documents (found document 1 apps/v1/Deployment, document 2 "
+            "v1/ConfigMap): nothing to {command}",
+            id="no-service-documents",
+        ),
+    ],
+)
+async def test_a_file_that_changes_nothing_is_refused(
+    mesh: Mesh, tmp_path: Path, command: str, text: str, message: str
+) -> None:
+    manifest = tmp_path / "nothing.yaml"
+    manifest.write_text(text)
+    result = await mesh.run(command, "-f", str(manifest))
+    refused(result, f"{manifest}: {message.format(command=command)}")
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        pytest.param(
+            {"service.cilium.io/global": "yes"},
+            "metadata.annotations['service.cilium.io/global']: unknown value 'yes' "
+            "(allowed: 'true', 'false')",
+            id="global-yes",
+        ),
+        pytest.param(
+            {"io.cilium/global-service": "ture"},
+            "metadata.annotations['io.cilium/global-service']: unknown value 'ture'",
+            id="legacy-global-typo",
+        ),
+        pytest.param(
+            {"service.cilium.io/global": "true", "service.cilium.io/shared": "no"},
+            "metadata.annotations['service.cilium.io/shared']: unknown value 'no' "
+            "(allowed: 'true', 'false')",
+            id="shared-no",
+        ),
+        pytest.param(
+            {"service.cilium.io/global": "true", "service.cilium.io/affinity": "sideways"},
+            "metadata.annotations['service.cilium.io/affinity']: unknown value 'sideways' "
+            "(allowed: 'local', 'remote', 'none')",
+            id="affinity-sideways",
+        ),
+    ],
+)
+async def test_unknown_annotation_values_are_refused(
+    mesh: Mesh, tmp_path: Path, annotations: dict[str, str], message: str
+) -> None:
+    manifest = tmp_path / "svc.yaml"
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "demo", "annotations": annotations},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]},
+    }
+    # The refused Service is the second document: nothing of the file is applied.
+    manifest.write_text(PLAIN_SERVICE + "---\n" + json.dumps(doc) + "\n")
+    result = await mesh.run("apply", "-f", str(manifest))
+    refused(result, f"{manifest}: line 9: document 2 (Service demo/echo): {message}")
+    assert await mesh.services() == []
+
+
+async def test_an_alias_bomb_is_refused_before_anything_is_sent(mesh: Mesh, tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    # Six levels (531,441 strings): enough to show it, and safe to run against the code before
+    # the fix (it answered with a 3.8 MB warning; nine levels would exhaust the memory).
+    for prev, name in zip("abcde", "bcdef", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join([*lines, "kind: *f", "apiVersion: v1", ""]))
+    assert bomb.stat().st_size < 400
+    result = await mesh.run("apply", "-f", str(bomb))
+    refused(result, f"{bomb}: line 1: document 1: YAML aliases expand it to more than")
+    assert await mesh.services() == []
 
 
 async def test_missing_file_is_a_usage_error(mesh: Mesh, tmp_path: Path) -> None:

@@ -68,7 +68,14 @@ async def test_wait_then_json_of_a_healthy_mesh(config: Path, mesh: Mesh, agent:
     assert api["revision"] > 0
     assert 0 <= api["heartbeat_age"] < 5
     assert doc["peers"] == [
-        {"name": "beta", "id": 2, "address": mesh.beta.address, "tls_server_name": None}
+        {
+            "name": "beta",
+            "id": 2,
+            "address": mesh.beta.address,
+            "tls_server_name": None,
+            "watch": True,
+            "export": True,
+        }
     ]
     [a1] = doc["agents"]
     assert {k: a1[k] for k in ("node", "reporting", "ready", "reason", "services")} == {

@@ -16,6 +16,8 @@ from meshcore.model import (
     service_from_manifest,
     service_ref_from_manifest,
 )
+from meshcore.model.manifest import check_annotation_values, load_documents
+from meshcore.model.names import shown
 
 BASE: dict[str, Any] = {
     "apiVersion": "v1",
@@ -323,3 +325,103 @@ def test_load_manifests_errors(text: str, message: str, line: int) -> None:
         load_manifests(text, source="svc.yaml")
     assert str(info.value).startswith(message)
     assert info.value.line == line
+
+
+# --- aliases, bounded echoes, strict annotation values (issue 11, #9) ----------------------------
+
+
+def laughs(levels: int, width: int = 9) -> str:
+    lines = ["l0: &l0 [" + ",".join(['"lol"'] * width) + "]"]
+    lines += [f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join([*lines, f"kind: *l{levels - 1}", ""])
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line"),
+    [
+        pytest.param(
+            laughs(9),
+            "svc.yaml: line 1: document 1: YAML aliases expand it to more than 100000 nodes",
+            1,
+            id="billion-laughs",
+        ),
+        pytest.param(
+            "kind: Service\n---\n" + laughs(6),
+            "svc.yaml: line 3: document 2: YAML aliases expand",
+            3,
+            id="second-document",
+        ),
+        pytest.param(
+            "a: &a [1, *a]\n",
+            "svc.yaml: line 1: document 1: an alias refers to its own anchor",
+            1,
+            id="recursive-alias",
+        ),
+        pytest.param(
+            "a: &a {b: *a}\n",
+            "svc.yaml: line 1: document 1: an alias refers to its own anchor",
+            1,
+            id="recursive-mapping",
+        ),
+    ],
+)
+def test_aliases_that_expand_beyond_the_bound_are_refused(
+    text: str, message: str, line: int
+) -> None:
+    with pytest.raises(ManifestError) as info:
+        load_manifests(text, source="svc.yaml")
+    assert str(info.value).startswith(message)
+    assert info.value.line == line
+
+
+def test_aliases_within_the_bound_are_fine() -> None:
+    text = "ports: &p [{name: http, port: 80}]\nother: *p\nmore: [*p, *p, *p]\n"
+    [doc] = load_manifests(text, source="svc.yaml")
+    assert doc["more"] == [doc["ports"]] * 3
+    assert len(load_manifests(laughs(4), source="svc.yaml")) == 1  # 2 * 9**4 strings: fine
+
+
+def test_an_integer_past_the_digit_limit_is_a_manifest_error() -> None:
+    with pytest.raises(ManifestError, match=r"svc\.yaml: invalid YAML: Exceeds the limit"):
+        load_manifests("port: " + "1" * 5000 + "\n", source="svc.yaml")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("x" * 10_000_000, id="long-string"),
+        pytest.param(["a" * 1000] * 100_000, id="long-list"),
+        pytest.param({str(i): "v" * 1000 for i in range(10_000)}, id="big-mapping"),
+        pytest.param(10**5000, id="huge-int"),
+    ],
+)
+def test_shown_is_bounded_for_any_value(value: object) -> None:
+    assert len(shown(value)) <= 64
+    assert len(shown(value, 200)) <= 200
+
+
+def test_shown_does_not_expand_shared_values() -> None:
+    value: list[Any] = ["lol"] * 9
+    for _ in range(8):
+        value = [value] * 9  # 9**9 strings if walked whole
+    assert shown(value).startswith("[[[[...], [...]")
+    assert len(shown(value)) <= 64
+
+
+def test_unknown_annotation_values_name_the_document_key_value_and_allowed() -> None:
+    text = (
+        "kind: ConfigMap\n---\napiVersion: v1\nkind: Service\n"
+        "metadata:\n  name: echo\n  annotations:\n"
+        "    service.cilium.io/global: 'True '\n"  # accepted: trimmed, case-insensitive
+        "    service.cilium.io/affinity: nearest\n"
+    )
+    _, doc = load_documents(text, source="svc.yaml")
+    with pytest.raises(ManifestError) as info:
+        check_annotation_values(doc, source="svc.yaml")
+    assert str(info.value) == (
+        "svc.yaml: line 3: document 2 (Service default/echo): "
+        "metadata.annotations['service.cilium.io/affinity']: unknown value 'nearest' "
+        "(allowed: 'local', 'remote', 'none')"
+    )
+    fine = load_documents(text.replace("nearest", "remote"), source="svc.yaml")[1]
+    check_annotation_values(fine, source="svc.yaml")

@@ -365,6 +365,74 @@ def test_seed_restored_order_is_used_only_once() -> None:
     assert addresses_of(lb, fe()) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]  # fresh ids, in order
 
 
+def peer_backed() -> tuple[LbState, list[str], MergedService]:
+    """A restored frontend whose slots are out of id order, as after churn before a restart:
+    the maps, cart's backend addresses in slot order, and the other service (pay)."""
+    first, (_, pay) = churned()
+    restored = first.state.copy()
+    cart = restored.services[fe()].backend_ids
+    assert cart != tuple(sorted(cart))
+    return restored, addresses_of(first, fe()), pay
+
+
+@pytest.mark.parametrize(
+    "arriving",
+    [
+        pytest.param([[]], id="first-build-empty"),
+        pytest.param([["10.1.0.1"]], id="first-build-own-cell-only"),
+        pytest.param([[], ["10.1.0.5"], ["10.1.0.5", "10.1.0.1"]], id="peer-arrives-in-parts"),
+    ],
+)
+def test_restored_order_survives_builds_before_every_source_synced(
+    arriving: list[list[str]],
+) -> None:
+    restored, addresses, pay = peer_backed()
+    lb = DesiredLb()
+    lb.seed(restored)
+    lb.set_service(PAY, pay)
+    for part in arriving:  # the own cell first, the peer's backends later
+        lb.set_service(CART, simple(CART, part))
+    lb.set_service(CART, simple(CART, addresses))
+    assert lb.state.services[fe()] == restored.services[fe()]
+    assert len(LbDiff.between(restored, lb.state)) == 0  # nothing for the maps to rewrite
+    lb.take_dirty()
+    lb.release_restored(restored.services)  # the delete gate opens: nothing changes
+    assert lb.take_dirty() == (set(), set())
+    assert lb.state.services[fe()] == restored.services[fe()]
+
+
+def test_restored_order_survives_endpoint_updates_before_every_source_synced() -> None:
+    restored, addresses, _ = peer_backed()
+    lb = DesiredLb()
+    lb.seed(restored)
+    lb.set_service(CART, simple(CART, []))
+    frontend = RecordFrontend(vip=ip_address(VIP), port=80, protocol="TCP")
+    for address in sorted(addresses, reverse=True):  # one endpoint at a time, in another order
+        lb.update_frontend(CART, frontend, [backend(address)], [])
+    assert lb.state.services[fe()] == restored.services[fe()]
+
+
+def test_after_release_a_backend_that_did_not_come_back_leaves_a_hole_filled_by_the_last() -> None:
+    restored, addresses, _ = peer_backed()
+    lb = DesiredLb()
+    lb.seed(restored)
+    _, *back = addresses  # the first one does not come back
+    lb.set_service(CART, simple(CART, [*back, "10.1.0.77"]))
+    new_id = ids_by_address(lb)["10.1.0.77"]
+    # While the gate is closed the maps keep the restored slots; the new backend goes after.
+    restored_ids = restored.services[fe()].backend_ids
+    assert lb.state.services[fe()].backend_ids == (*restored_ids[1:], new_id)
+    held = {fe(): ServiceEntry(7, (*restored_ids, new_id))}  # what the gated maps hold
+    lb.take_dirty()
+    lb.release_restored(held)
+    assert lb.state.services[fe()].backend_ids == (new_id, *restored_ids[1:])
+    assert changed_slots(held[fe()].backend_ids, lb.state.services[fe()].backend_ids) == 1
+    assert lb.take_dirty()[0] == {fe()}
+    # From now on the usual order: a removed backend's slot is filled by the last one.
+    lb.set_service(CART, simple(CART, [*back[1:], "10.1.0.77"]))
+    assert lb.state.services[fe()].backend_ids == (new_id, restored_ids[-1], *restored_ids[2:-1])
+
+
 def test_routes_for_nodes_first_ipv4_gateway_deterministic_winner() -> None:
     nodes = [
         Node(cell="gamma", name="g1", addresses=["192.168.3.1"], pod_cidrs=["10.9.0.0/24"]),

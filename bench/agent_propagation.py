@@ -749,9 +749,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             etcd.start()
         figures = asyncio.run(measure(res, tls, args))
     return {
-        "bench": "agent_propagation",
-        "kernel": os.uname().release,
-        "nproc": os.cpu_count(),
         "backends": args.backends,
         "alpha_backends": ALPHA_ENDPOINTS,
         "changes": args.changes,

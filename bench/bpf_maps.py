@@ -563,13 +563,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"{CGROUP_ROOT}: not a cgroup v2 mount")
     token = uuid.uuid4().hex[:10]
     res = Resources()
-    head = {
-        "bench": "bpf_maps",
-        "kernel": os.uname().release,
-        "nproc": os.cpu_count(),
-        "libbpf": libbpf_version(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
+    head = {"libbpf": libbpf_version()}
     if args.quick:
         with interruptible("bpf_maps", res.release):
             return {**head, "quick": True, "scaling": bench_scaling(res, token)}

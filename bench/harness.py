@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ def interruptible(name: str, release: Callable[[], list[str]]) -> Iterator[None]
 
 
 def bench_main(name: str, run: Callable[[], dict[str, Any]]) -> int:
+    load_before = os.getloadavg()
     try:
         figures = run()
     except BenchError as e:
@@ -55,5 +57,14 @@ def bench_main(name: str, run: Callable[[], dict[str, Any]]) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"{name}: interrupted; everything it made is removed", file=sys.stderr)
         return 130
-    print(json.dumps(figures, separators=(",", ":")))
+    # Every line carries the machine and its load (figures on a shared machine need both).
+    line = {
+        "bench": name,
+        "kernel": os.uname().release,
+        "nproc": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        **figures,
+    }
+    print(json.dumps(line, separators=(",", ":")))
     return 0

@@ -331,7 +331,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise BenchError(str(e)) from e
     configure_logging("warning")  # structlog to stderr: stdout carries the JSON line only
-    load_before = os.getloadavg()
     res = Resources(Path(tempfile.mkdtemp(prefix="cellmesh-bench-")))
     with interruptible("scale_peer", res.release):
         tls = make_pki(res.root)
@@ -341,11 +340,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             etcd.start()
         figures = asyncio.run(measure(res, tls, args, sizes))
     return {
-        "bench": "scale_peer",
-        "kernel": os.uname().release,
-        "nproc": os.cpu_count(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "endpoints": args.endpoints,
         "per_service": args.per_service,
         "services": args.endpoints // args.per_service,

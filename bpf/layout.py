@@ -30,7 +30,8 @@ MAP_NAMES: Final = (SERVICES_MAP, BACKENDS_MAP, REVERSE_NAT_MAP, REVERSE_SK_MAP)
 # Default capacities (the object's defaults too: CM_LB4_*_MAX in lb_maps.h). The loader sets the
 # LB maps' sizes from `MapSizes` (the agent's `--bpf-lb-map-max`) before it loads the object.
 # 524 288 holds Cilium's scale test (250 000 endpoints in 25 000 services of 10: 275 000 service
-# entries, 250 000 backends) with room to spare; preallocated, the services map takes ~45 MiB.
+# entries, 250 000 backends) with room to spare. The hash maps are not preallocated
+# (BPF_F_NO_PREALLOC in lb_maps.h): the size costs ~8 MiB of buckets, entries as they come.
 LB_MAP_MAX_DEFAULT: Final = 524288
 SERVICES_MAX: Final = LB_MAP_MAX_DEFAULT
 BACKENDS_MAX: Final = LB_MAP_MAX_DEFAULT

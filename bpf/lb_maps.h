@@ -88,6 +88,7 @@ struct {
 	__type(key, struct lb4_key);
 	__type(value, struct lb4_service);
 	__uint(max_entries, CM_LB4_SERVICES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cm_lb4_services SEC(".maps");
 
 struct {
@@ -95,6 +96,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb4_backend);
 	__uint(max_entries, CM_LB4_BACKENDS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cm_lb4_backends SEC(".maps");
 
 struct {
@@ -102,6 +104,7 @@ struct {
 	__type(key, __u16);
 	__type(value, struct lb4_reverse_nat);
 	__uint(max_entries, CM_LB4_REV_NAT_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cm_lb4_reverse_nat SEC(".maps");
 
 struct {

@@ -25,9 +25,10 @@ nothing of, and the slots past the old count of services that could not grow (su
 keeps its old entry, in the maps and in the view).
 
 Three implementations share that logic and differ only in three primitives (write, delete, read
-raw entries): `PinnedLbMaps` (bpf/pinned_maps.py: the kernel's pinned maps), `FakeLbMaps` (dicts
-of packed bytes, the same encodings and size limits) and `FaultyLbMaps` (wraps either; fails at a
-set probability, after writing a random part of the batch).
+raw entries): `PinnedLbMaps` (bpf/pinned_maps.py: the kernel's pinned maps), and, in
+bpf/fakemaps.py, `FakeLbMaps` (dicts of packed bytes, the same encodings and size limits) and
+`FaultyLbMaps` (wraps either; fails at a set probability, after writing a random part of the
+batch).
 
 `dump()` reads the maps themselves (not the view) into a canonical, sorted text form;
 `restore()` reads them back into the view after an agent restart.
@@ -35,7 +36,6 @@ set probability, after writing a random part of the batch).
 
 from __future__ import annotations
 
-import random
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -57,7 +57,6 @@ from bpf.layout import (
     Lb4Key,
     Lb4ReverseNat,
     Lb4Service,
-    MapSizes,
     pack_backend_id,
     pack_rev_nat_id,
 )
@@ -393,13 +392,8 @@ class LbMaps(ABC):
         master and slots (half-written, as after any failed write).
         """
         keys = [fe.key(s).pack() for fe in fresh for s in range(self._slots_high[fe] + 1)]
-        deleted = self.stats.entries_deleted
-        try:
-            self._remove(SERVICES_MAP, keys)
-        except LbMapsError:
-            return  # they stay half-written: the next write or delete of each fixes it
-        finally:
-            self.stats.entries_unwound += self.stats.entries_deleted - deleted
+        if not self._take_out(keys):
+            return
         for fe in fresh:
             self._set_possible(fe, frozenset())
             del self._slots_high[fe]
@@ -419,13 +413,8 @@ class LbMaps(ABC):
             for fe, old in olds.items()
             for s in range(len(old.backend_ids) + 1, self._slots_high[fe] + 1)
         ]
-        deleted = self.stats.entries_deleted
-        try:
-            self._remove(SERVICES_MAP, keys)
-        except LbMapsError:
-            return  # they stay half-written: the next write or delete of each fixes it
-        finally:
-            self.stats.entries_unwound += self.stats.entries_deleted - deleted
+        if not self._take_out(keys):
+            return
         for fe, old in olds.items():
             self._slots_high[fe] = len(old.backend_ids)
             if changed[fe].backend_ids[: len(old.backend_ids)] != old.backend_ids:
@@ -440,6 +429,18 @@ class LbMaps(ABC):
                 self._pending_rev_nat.add(changed[fe].rev_nat_id)
             self._set_possible(fe, frozenset(old.backend_ids))
             self._unclean.discard(fe)
+
+    def _take_out(self, keys: list[bytes]) -> bool:
+        """Delete service-map entries a refused write left; False when that failed too (they
+        stay half-written: the next write or delete of each service fixes it)."""
+        deleted = self.stats.entries_deleted
+        try:
+            self._remove(SERVICES_MAP, keys)
+        except LbMapsError:
+            return False
+        finally:
+            self.stats.entries_unwound += self.stats.entries_deleted - deleted
+        return True
 
     def _delete_services(self, gone: list[Frontend]) -> None:
         view = self._view
@@ -506,85 +507,3 @@ class LbMaps(ABC):
 def chunks(items: Sequence[_T], size: int = BATCH_MAX) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-class FakeLbMaps(LbMaps):
-    """In-memory maps of packed bytes: same encodings, same capacities, same call counting.
-
-    Pass the `store` of a previous instance to model an agent restart over pinned maps.
-    """
-
-    def __init__(
-        self, store: dict[str, dict[bytes, bytes]] | None = None, *, sizes: MapSizes | None = None
-    ) -> None:
-        super().__init__()
-        self.store = store if store is not None else {name: {} for name in MAP_SHAPES}
-        self.capacity = (sizes or MapSizes()).by_map()
-
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        key_size, value_size, _ = MAP_SHAPES[map_name]
-        capacity = self.capacity[map_name]
-        table = self.store[map_name]
-        for chunk in chunks(items):
-            self.stats.batch_calls += 1
-            for key, value in chunk:
-                if len(key) != key_size or len(value) != value_size:
-                    raise LbMapsError(f"{map_name}: entry of wrong size")
-                if key not in table and len(table) >= capacity:
-                    raise MapFull(map_name, capacity, "E2BIG")
-                table[key] = value
-                self.stats.entries_written += 1
-
-    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
-        table = self.store[map_name]
-        for chunk in chunks(keys):
-            self.stats.batch_calls += 1
-            for key in chunk:
-                if table.pop(key, None) is not None:
-                    self.stats.entries_deleted += 1
-
-    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
-        return list(self.store[map_name].items())
-
-
-class FaultyLbMaps(LbMaps):
-    """Wraps real or fake maps; each write or delete fails with `probability`, after a random
-    part of its batch has landed (as a failed kernel batch can leave it)."""
-
-    def __init__(self, inner: LbMaps, probability: float, seed: int = 0) -> None:
-        super().__init__()
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"probability {probability} not in [0, 1]")
-        self.inner = inner
-        self.probability = probability
-        self.faults = 0
-        self._rng = random.Random(seed)
-
-    def _fault(self, n: int) -> int | None:
-        """None: no fault; else how many of the n entries to let through before failing."""
-        if n == 0 or self._rng.random() >= self.probability:
-            return None
-        self.faults += 1
-        return self._rng.randrange(n)
-
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        cut = self._fault(len(items))
-        if cut is None:
-            self.inner._update(map_name, items)
-            return
-        self.inner._update(map_name, items[:cut])  # a full map raises its own MapFull here
-        raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(items)} updates")
-
-    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
-        cut = self._fault(len(keys))
-        before = self.inner.stats.entries_deleted
-        try:
-            self.inner._delete(map_name, keys if cut is None else keys[:cut])
-        finally:
-            self.stats.entries_deleted += self.inner.stats.entries_deleted - before
-        if cut is None:
-            return
-        raise LbMapsError(f"{map_name}: injected fault after {cut} of {len(keys)} deletes")
-
-    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
-        return self.inner._items(map_name)

@@ -77,13 +77,13 @@ def restore_command(cell: str, record: Record) -> str:
         name = f"{record.namespace}/{record.name}"
         return f"meshctl --context {cell} apply -f <the manifest of {name}>"
     if isinstance(record, Peer):
-        # Unicast peerings mark one side (fields of newer Peer records; absent = bidirectional).
-        if getattr(record, "watch", True) is False:  # a grant: the peer reads this cell
+        # Unicast peerings mark one side (watch/export; both true = bidirectional).
+        if not record.watch:  # a grant: the peer reads this cell
             return (
                 f"meshctl connect --context {record.name} --destination-context {cell} "
                 "--connection-mode unicast"
             )
-        mode = " --connection-mode unicast" if getattr(record, "export", True) is False else ""
+        mode = "" if record.export else " --connection-mode unicast"
         return f"meshctl connect --context {cell} --destination-context {record.name}{mode}"
     return f"write {kind_of_key(record.key())} record {record.key()} again (MeshAdmin.Write)"
 

@@ -12,9 +12,10 @@ happens after the lock is released (``procs.wait_serving``).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,6 +222,22 @@ def _wait(components: list[Component], targets: list[procs.ServeTarget], timeout
         )
 
 
+@contextlib.contextmanager
+def _acting_on(
+    name: str, target: str, kind: str, *, wipe: bool
+) -> Iterator[tuple[LabState, list[Component]]]:
+    """The lab's state and the components ``target`` names, under the lab's lock; the state is
+    saved afterwards, also when acting on them failed half-way."""
+    with locked(name):
+        state = load_state(name)
+        components = resolve(state, target, kind)
+        _check_wipe(components, wipe)
+        try:
+            yield state, components
+        finally:
+            save_state(state)
+
+
 def stop_components(
     name: str,
     target: str,
@@ -232,14 +249,8 @@ def stop_components(
     report: Report = lambda _: None,
 ) -> list[Component]:
     """Stop what ``target`` names (and empty etcd's data directory with ``wipe``)."""
-    with locked(name):
-        state = load_state(name)
-        components = resolve(state, target, kind)
-        _check_wipe(components, wipe)
-        try:
-            _stop_all(state, components, sig=sig, timeout=timeout, wipe=wipe, report=report)
-        finally:
-            save_state(state)
+    with _acting_on(name, target, kind, wipe=wipe) as (state, components):
+        _stop_all(state, components, sig=sig, timeout=timeout, wipe=wipe, report=report)
     return components
 
 
@@ -254,18 +265,12 @@ def start_components(
 ) -> list[Component]:
     """Start what ``target`` names again (after emptying etcd's data directory with ``wipe``);
     returns once each serves HTTP."""
-    with locked(name):
-        state = load_state(name)
-        components = resolve(state, target, kind)
-        _check_wipe(components, wipe)
-        try:
-            if wipe:
-                for component in components:
-                    directory = _wipe(state, component)
-                    report(f"{component.label}: data directory {directory} emptied")
-            targets = _start_all(state, components, report=report)
-        finally:
-            save_state(state)
+    with _acting_on(name, target, kind, wipe=wipe) as (state, components):
+        if wipe:
+            for component in components:
+                directory = _wipe(state, component)
+                report(f"{component.label}: data directory {directory} emptied")
+        targets = _start_all(state, components, report=report)
     _wait(components, targets, timeout)
     return components
 
@@ -281,14 +286,8 @@ def restart_components(
     report: Report = lambda _: None,
 ) -> list[Component]:
     """Stop, (wipe,) and start again what ``target`` names; returns once each serves HTTP."""
-    with locked(name):
-        state = load_state(name)
-        components = resolve(state, target, kind)
-        _check_wipe(components, wipe)
-        try:
-            _stop_all(state, components, sig=sig, timeout=timeout, wipe=wipe, report=report)
-            targets = _start_all(state, components, report=report)
-        finally:
-            save_state(state)
+    with _acting_on(name, target, kind, wipe=wipe) as (state, components):
+        _stop_all(state, components, sig=sig, timeout=timeout, wipe=wipe, report=report)
+        targets = _start_all(state, components, report=report)
     _wait(components, targets, timeout)
     return components

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bpf.fakemaps import FakeLbMaps, FaultyLbMaps
 from bpf.layout import (
     BACKENDS_MAP,
     IPPROTO_TCP,
@@ -22,7 +23,7 @@ from bpf.layout import (
     MapSizes,
     pack_backend_id,
 )
-from bpf.lbmaps import FakeLbMaps, FaultyLbMaps, InvalidDiff, LbMaps, LbMapsError, MapFull
+from bpf.lbmaps import InvalidDiff, LbMaps, LbMapsError, MapFull
 from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
 from bpf.loader import LoaderError, SockLbLoader, pin_root
 from bpf.pinned_maps import PinnedLbMaps

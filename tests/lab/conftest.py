@@ -211,6 +211,22 @@ def new_lab(tmp: Path) -> Lab:
 
 
 @contextlib.contextmanager
+def connected_lab(tmp: Path) -> Iterator[Lab]:
+    """A 2 cells x 2 nodes lab with one pod per node, its cells joined the way an operator joins
+    them (``meshctl connect``); torn down and checked afterwards, also when the body failed."""
+    made = new_lab(tmp)
+    with cleaned_up([made]):
+        up = made.lab("up", "--cells", "2", "--nodes", "2", "--pods-per-node", "1", "--wait")
+        assert up.returncode == 0, up.stderr
+        connect = made.meshctl(
+            "connect", "--context", f"{made.name}-alpha", "--destination-context",
+            f"{made.name}-beta",
+        )  # fmt: skip
+        assert connect.returncode == 0, connect.stderr
+        yield made
+
+
+@contextlib.contextmanager
 def cleaned_up(labs: list[Lab]) -> Iterator[None]:
     """Run the body; then ``down`` every lab (also after a failure) and prove nothing is left,
     the host's root namespace included."""

@@ -29,7 +29,7 @@ from e2e.report import Outcome
 from e2e.suite import TESTS, SuiteError, SuiteOptions, TestCase, choose_cells, run_suite
 from meshcore.model import Affinity
 from meshctl.lab import LabDriver
-from tests.lab.conftest import Lab, cleaned_up, new_lab
+from tests.lab.conftest import Lab, connected_lab
 
 FAST = SuiteConfig(wait_timeout=20.0, requests=6, hold_rounds=2)
 
@@ -37,15 +37,7 @@ FAST = SuiteConfig(wait_timeout=20.0, requests=6, hold_rounds=2)
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A lab with one pod per node, its cells joined the way an operator joins them."""
-    made = new_lab(tmp_path_factory.mktemp("connectivity"))
-    with cleaned_up([made]):
-        up = made.lab("up", "--cells", "2", "--nodes", "2", "--pods-per-node", "1", "--wait")
-        assert up.returncode == 0, up.stderr
-        connect = made.meshctl(
-            "connect", "--context", f"{made.name}-alpha", "--destination-context",
-            f"{made.name}-beta",
-        )  # fmt: skip
-        assert connect.returncode == 0, connect.stderr
+    with connected_lab(tmp_path_factory.mktemp("connectivity")) as made:
         ready = made.meshctl("status", "--context", f"{made.name}-alpha", "--wait")
         assert ready.returncode == 0, ready.stdout + ready.stderr
         yield made

@@ -35,7 +35,7 @@ from e2e.driver import Pod
 from e2e.environment import Environment, MeshAdmin, ServiceSpec, service_manifest
 from e2e.probe import Observation, Prober
 from meshctl.lab import LabDriver
-from tests.lab.conftest import Lab, cleaned_up, new_lab
+from tests.lab.conftest import Lab, connected_lab
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -75,15 +75,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> Non
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    made = new_lab(tmp_path_factory.mktemp("faults"))
-    with cleaned_up([made]):
-        up = made.lab("up", "--cells", "2", "--nodes", "2", "--pods-per-node", "1", "--wait")
-        assert up.returncode == 0, up.stderr
-        connect = made.meshctl(
-            "connect", "--context", f"{made.name}-alpha", "--destination-context",
-            f"{made.name}-beta",
-        )  # fmt: skip
-        assert connect.returncode == 0, connect.stderr
+    with connected_lab(tmp_path_factory.mktemp("faults")) as made:
         driver = LabDriver(made.name, made.config)
         env = Environment(driver, MeshAdmin(driver), "alpha", "beta")
         found = Mesh(made, driver, env)

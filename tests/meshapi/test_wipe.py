@@ -22,8 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bpf.fakemaps import FakeLbMaps
 from bpf.layout import IPPROTO_TCP
-from bpf.lbmaps import FakeLbMaps, LbMaps
+from bpf.lbmaps import LbMaps
 from bpf.lbstate import Frontend
 from certs import Role
 from meshapi.app import MeshApiApp, MeshApiConfig
@@ -293,7 +294,10 @@ async def test_lost_state_grace_ends_the_hold_and_the_authorization(
     await asyncio.to_thread(etcd.wipe)
     await asyncio.to_thread(etcd.start)
     await wait_for(
-        lambda: app.cache.epoch != epoch and canary_in(app, Kind.CELL),
+        # The new epoch is set before the relist of the new store: wait for the recovery too.
+        lambda: (
+            app.cache.epoch != epoch and app.recovery.core.withheld and canary_in(app, Kind.CELL)
+        ),
         timeout=20,
         what="the wipe noticed, the cell config written again",
     )

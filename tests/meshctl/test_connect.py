@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from bpf.lbmaps import FakeLbMaps
+from bpf.fakemaps import FakeLbMaps
 from certs import Role, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
 from meshcore.client import AccessDenied, MeshClient

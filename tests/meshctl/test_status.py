@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from bpf.lbmaps import FakeLbMaps
+from bpf.fakemaps import FakeLbMaps
 from certs import Role
 from meshcore.client import MeshClient
 from meshcore.model import AgentStatus, PeerReport

@@ -29,7 +29,8 @@ from unittest import mock
 
 import pytest
 
-from bpf.lbmaps import FakeLbMaps, LbMaps
+from bpf.fakemaps import FakeLbMaps
+from bpf.lbmaps import LbMaps
 from bpf.loader import SockLbLoader, pin_root
 from certs import Role
 from meshapi.app import MeshApiApp, MeshApiConfig

@@ -16,8 +16,9 @@ from ipaddress import IPv4Address
 
 import aiohttp
 
+from bpf.fakemaps import FakeLbMaps
 from bpf.layout import IPPROTO_TCP
-from bpf.lbmaps import FakeLbMaps, LbMaps
+from bpf.lbmaps import LbMaps
 from bpf.lbstate import Frontend, LbDiff, LbState
 from meshcore.model import Endpoint, Kind, Node, encode_record, peer_key
 from meshcore.watch.listwatch import WatchState

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from bpf.fakemaps import FakeLbMaps
 from bpf.layout import IPPROTO_TCP, SERVICES_MAP, MapSizes
-from bpf.lbmaps import FakeLbMaps
 from bpf.lbstate import Frontend
 from bpf.pinned_maps import PinnedLbMaps
 from certs import Role

@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, ip_address
 
 import pytest
 
+from bpf.fakemaps import FakeLbMaps, FaultyLbMaps
 from bpf.layout import (
     BACKENDS_MAP,
     IPPROTO_TCP,
@@ -20,7 +21,7 @@ from bpf.layout import (
     pack_backend_id,
     pack_rev_nat_id,
 )
-from bpf.lbmaps import FakeLbMaps, FaultyLbMaps, LbMaps, LbMapsError
+from bpf.lbmaps import LbMaps, LbMapsError
 from bpf.lbstate import Frontend, LbDiff, LbState
 from meshcore.model import Affinity, Endpoint, EndpointPort, Service
 from meshcore.model import Frontend as RecordFrontend

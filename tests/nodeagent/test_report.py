@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bpf.lbmaps import FakeLbMaps
+from bpf.fakemaps import FakeLbMaps
 from meshcore.model import AgentStatus, agent_key
 from nodeagent.agent import Agent
 from nodeagent.app import AgentApp

@@ -61,6 +61,7 @@ from bpf.pinned_maps import PinnedLbMaps
 from certs import Role, create_ca, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
 from meshcore.client import MeshClient
+from meshcore.lbpolicy import MergedBackend, ServiceRef
 from meshcore.localetcd import LocalEtcd
 from meshcore.logs import configure_logging
 from meshcore.model import Endpoint, Kind, Peer, Service
@@ -69,7 +70,6 @@ from meshcore.model.records import Frontend as RecordFrontend
 from meshcore.watch.listwatch import Change, ListWatcher
 from nodeagent.agent import Agent, AgentConfig, Histogram
 from nodeagent.desired import DesiredLb
-from nodeagent.merge import MergedBackend, ServiceRef
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECT = REPO / "bpf" / "sock_lb.o"

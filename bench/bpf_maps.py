@@ -54,7 +54,8 @@ from bpf.lbmaps import MAP_SHAPES, LbMaps
 from bpf.lbstate import Frontend, LbDiff, ServiceEntry
 from bpf.libbpf import check_syscall, lib
 from bpf.loader import SockLbLoader, libbpf_version
-from bpf.pinned_maps import PinnedLbMaps
+from bpf.mapstore import StoreStats
+from bpf.pinned_maps import PinnedLbMaps, PinnedMapStore
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECT = REPO / "bpf" / "sock_lb.o"
@@ -120,37 +121,46 @@ def pack_all(diff: LbDiff) -> None:
 # --- maps that skip or time their syscalls ------------------------------------------------
 
 
-class NullLbMaps(LbMaps):
-    """The shared LbMaps logic (validation, ordering, packing) with no map behind it."""
+class NullMapStore:
+    """A `MapStore` with no map behind it: under `LbMaps`, the shared logic (validation,
+    ordering, packing) alone."""
 
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def __init__(self) -> None:
+        self.stats = StoreStats()
+
+    def update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         self.stats.entries_written += len(items)
 
-    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
+    def delete(self, map_name: str, keys: Sequence[bytes]) -> None:
         self.stats.entries_deleted += len(keys)
 
-    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
+    def items(self, map_name: str) -> list[tuple[bytes, bytes]]:
         return []
 
+    def close(self) -> None:
+        pass
 
-class TimedPinnedLbMaps(PinnedLbMaps):
-    """`PinnedLbMaps` adding up the time spent in its map writes (buffers and syscalls)."""
 
-    def __init__(self, maps_dir: Path, *, batch: bool) -> None:
-        super().__init__(maps_dir, batch=batch)
-        self.in_map_calls = 0.0
+def null_maps() -> LbMaps:
+    return LbMaps(NullMapStore())
 
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+
+class TimedMapStore(PinnedMapStore):
+    """`PinnedMapStore` adding up the time spent in its map writes (buffers and syscalls)."""
+
+    in_map_calls = 0.0
+
+    def update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         start = time.perf_counter()
         try:
-            super()._update(map_name, items)
+            super().update(map_name, items)
         finally:
             self.in_map_calls += time.perf_counter() - start
 
-    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
+    def delete(self, map_name: str, keys: Sequence[bytes]) -> None:
         start = time.perf_counter()
         try:
-            super()._delete(map_name, keys)
+            super().delete(map_name, keys)
         finally:
             self.in_map_calls += time.perf_counter() - start
 
@@ -173,12 +183,12 @@ def timed(fn: Callable[[], object]) -> float:
 @dataclass
 class Resources:
     loaders: list[SockLbLoader] = field(default_factory=list)
-    maps: list[PinnedLbMaps] = field(default_factory=list)
+    maps: list[LbMaps] = field(default_factory=list)
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     cgroups: list[Path] = field(default_factory=list)  # parents first
     fds: list[int] = field(default_factory=list)
 
-    def drop(self, loader: SockLbLoader, maps: PinnedLbMaps) -> None:
+    def drop(self, loader: SockLbLoader, maps: LbMaps) -> None:
         maps.close()
         self.maps.remove(maps)
         loader.unpin()
@@ -236,23 +246,24 @@ def new_instance(res: Resources, name: str) -> SockLbLoader:
 
 def bench_programming(
     res: Resources, token: str, diff: LbDiff, rounds: int
-) -> tuple[dict[str, Any], SockLbLoader, PinnedLbMaps]:
-    NullLbMaps().apply(diff)  # warm-up: the process's first big allocations, not measured
+) -> tuple[dict[str, Any], SockLbLoader, LbMaps]:
+    null_maps().apply(diff)  # warm-up: the process's first big allocations, not measured
     seconds: dict[str, list[float]] = {"python": [], "pack": [], "batch": [], "single": []}
     in_calls: dict[str, list[float]] = {"batch": [], "single": []}
-    kept: dict[str, tuple[SockLbLoader, TimedPinnedLbMaps]] = {}
+    kept: dict[str, tuple[SockLbLoader, LbMaps]] = {}
     for r in range(rounds):
         for mode in rotated(list(seconds), r):
             if mode == "python":
-                seconds[mode].append(timed(functools.partial(NullLbMaps().apply, diff)))
+                seconds[mode].append(timed(functools.partial(null_maps().apply, diff)))
             elif mode == "pack":
                 seconds[mode].append(timed(functools.partial(pack_all, diff)))
             else:
                 loader = new_instance(res, f"{token}-{mode}-{r}")
-                maps = TimedPinnedLbMaps(loader.maps_dir, batch=mode == "batch")
+                store = TimedMapStore(loader.maps_dir, batch=mode == "batch")
+                maps = LbMaps(store)
                 res.maps.append(maps)
                 seconds[mode].append(timed(functools.partial(maps.apply, diff)))
-                in_calls[mode].append(maps.in_map_calls)
+                in_calls[mode].append(store.in_map_calls)
                 if mode in kept:
                     res.drop(*kept[mode])
                 kept[mode] = (loader, maps)
@@ -288,7 +299,7 @@ def bench_programming(
         text = batch_maps.dump()
 
     # The raw batch reads alone, to tell them from the decoding in dump() and restore().
-    read_s = timed(lambda: [batch_maps._items(name) for name in MAP_SHAPES])
+    read_s = timed(lambda: [batch_maps.store.items(name) for name in MAP_SHAPES])
     figures["read_s"] = round(read_s, 4)
     figures["dump_s"] = round(timed(dump), 4)
     figures["dump_lines"] = text.count("\n")
@@ -421,7 +432,7 @@ def prog_run_ns(loader: SockLbLoader) -> tuple[int, int]:
 
 
 def bench_connect(
-    res: Resources, token: str, loader: SockLbLoader, maps: PinnedLbMaps, n: int, rounds: int
+    res: Resources, token: str, loader: SockLbLoader, maps: LbMaps, n: int, rounds: int
 ) -> dict[str, Any]:
     port = start_server(res)
     bid = max(maps.state.backends) + 1
@@ -509,10 +520,10 @@ def bench_scaling(res: Resources, token: str) -> dict[str, Any]:
     seconds: dict[str, dict[int, list[float]]] = {"python": {}, "batch": {}}
     for n in SCALING_SIZES:
         diff = build_diff(n * SCALING_PER, n)
-        NullLbMaps().apply(diff)  # warm-up
+        null_maps().apply(diff)  # warm-up
         for r in range(SCALING_ROUNDS):
             seconds["python"].setdefault(n, []).append(
-                timed(functools.partial(NullLbMaps().apply, diff))
+                timed(functools.partial(null_maps().apply, diff))
             )
             loader = new_instance(res, f"{token}-scale-{n}-{r}")
             maps = PinnedLbMaps(loader.maps_dir)

@@ -157,7 +157,8 @@ class Observer:
 
 
 def map_entries(maps: PinnedLbMaps) -> dict[str, int]:
-    return {name: len(maps._items(name)) for name in (SERVICES_MAP, BACKENDS_MAP, REVERSE_NAT_MAP)}
+    store = maps.store
+    return {name: len(store.items(name)) for name in (SERVICES_MAP, BACKENDS_MAP, REVERSE_NAT_MAP)}
 
 
 async def measure(

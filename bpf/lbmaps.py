@@ -24,11 +24,11 @@ room is not held by entries no master reaches: the slots and masters of services
 nothing of, and the slots past the old count of services that could not grow (such a service
 keeps its old entry, in the maps and in the view).
 
-Three implementations share that logic and differ only in three primitives (write, delete, read
-raw entries): `PinnedLbMaps` (bpf/pinned_maps.py: the kernel's pinned maps), and, in
-bpf/fakemaps.py, `FakeLbMaps` (dicts of packed bytes, the same encodings and size limits) and
-`FaultyLbMaps` (wraps either; fails at a set probability, after writing a random part of the
-batch).
+The logic lives here once, in one concrete engine over a `MapStore` (bpf/mapstore.py: write,
+delete and read raw entries): `LbMaps(PinnedMapStore(...))` on the kernel's pinned maps,
+`LbMaps(MemoryMapStore())` in memory, `LbMaps(FaultyMapStore(store, p))` failing at random.
+`PinnedLbMaps`, `FakeLbMaps` and `FaultyLbMaps` are the short ways to build those (they only
+construct the store). The store counts map calls and entries; `stats` reads them through.
 
 `dump()` reads the maps themselves (not the view) into a canonical, sorted text form;
 `restore()` reads them back into the view after an agent restart.
@@ -36,25 +36,18 @@ batch).
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, count
 from operator import ne
-from typing import Final, TypeVar
+from types import TracebackType
+from typing import Self
 
 from bpf.layout import (
-    BACKEND_ID_SIZE,
     BACKENDS_MAP,
-    BACKENDS_MAX,
-    REV_NAT_ID_SIZE,
     REVERSE_NAT_MAP,
-    REVERSE_NAT_MAX,
     SERVICES_MAP,
-    SERVICES_MAX,
-    Lb4Backend,
-    Lb4Key,
     Lb4ReverseNat,
     Lb4Service,
     pack_backend_id,
@@ -75,35 +68,29 @@ from bpf.lbstate import (
     decode_maps,
     format_dump,
 )
+from bpf.mapstore import (
+    BATCH_MAX,
+    MAP_SHAPES,
+    LbMapsError,
+    MapFull,
+    MapStore,
+    StoreStats,
+    chunks,
+)
 
-_T = TypeVar("_T")
-
-BATCH_MAX: Final = 8192
-
-# The maps LbMaps writes, with their key/value sizes and capacities.
-MAP_SHAPES: Final = {
-    SERVICES_MAP: (Lb4Key.SIZE, Lb4Service.SIZE, SERVICES_MAX),
-    BACKENDS_MAP: (BACKEND_ID_SIZE, Lb4Backend.SIZE, BACKENDS_MAX),
-    REVERSE_NAT_MAP: (REV_NAT_ID_SIZE, Lb4ReverseNat.SIZE, REVERSE_NAT_MAX),
-}
-
-
-class LbMapsError(RuntimeError):
-    """A map operation failed; the view holds what surely landed. Retry the diff."""
-
-
-class MapFull(LbMapsError):
-    """A write was refused because the map holds `capacity` entries (E2BIG / ENOSPC).
-
-    Not worth a hot retry: it can only succeed once something leaves that map (or the agent is
-    restarted with bigger maps). Nothing was deleted to make room, and nothing will be.
-    """
-
-    def __init__(self, map_name: str, capacity: int, detail: str = "") -> None:
-        message = f"{map_name}: map full ({capacity} entries)"
-        super().__init__(f"{message}: {detail}" if detail else message)
-        self.map_name = map_name
-        self.capacity = capacity
+# The store's names are re-exported: callers import the errors and shapes from here.
+__all__ = [
+    "BATCH_MAX",
+    "MAP_SHAPES",
+    "InvalidDiff",
+    "LbMaps",
+    "LbMapsError",
+    "LbMapsStats",
+    "MapFull",
+    "MapStore",
+    "StoreStats",
+    "chunks",
+]
 
 
 class InvalidDiff(ValueError):
@@ -112,25 +99,44 @@ class InvalidDiff(ValueError):
 
 @dataclass
 class LbMapsStats:
-    batch_calls: int = 0  # batch syscalls (or fake equivalents)
-    single_calls: int = 0  # per-element syscalls
-    entries_written: int = 0
-    entries_deleted: int = 0
+    """What the engine did, and (read through) what its store counted: map calls, entries."""
+
+    store: StoreStats
     failed_applies: int = 0
     # Entries that left each map (deleted ones, not missing keys), and of those the entries of
     # services a full map refused, taken out again (they never made room for anything).
     deleted_in: dict[str, int] = field(default_factory=dict)
     entries_unwound: int = 0
 
+    @property
+    def batch_calls(self) -> int:
+        return self.store.batch_calls
 
-# --- the shared logic ------------------------------------------------------------------------
+    @property
+    def single_calls(self) -> int:
+        return self.store.single_calls
+
+    @property
+    def entries_written(self) -> int:
+        return self.store.entries_written
+
+    @property
+    def entries_deleted(self) -> int:
+        return self.store.entries_deleted
 
 
-class LbMaps(ABC):
-    """Program the LB maps from diffs; keep an in-memory view of what landed."""
+# --- the engine ------------------------------------------------------------------------------
 
-    def __init__(self) -> None:
-        self.stats = LbMapsStats()
+
+class LbMaps:
+    """Program the LB maps from diffs through `store`; keep an in-memory view of what landed.
+
+    The one place the bookkeeping lives, whatever the store. Closing it closes the store.
+    """
+
+    def __init__(self, store: MapStore) -> None:
+        self.store = store
+        self.stats = LbMapsStats(store.stats)
         self._reset()
 
     def _reset(self) -> None:
@@ -146,25 +152,27 @@ class LbMaps(ABC):
         self._pending_backends: set[int] = set()
         self._pending_rev_nat: set[int] = set()
 
-    # primitives -----------------------------------------------------------------------
+    def close(self) -> None:
+        self.store.close()
 
-    @abstractmethod
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write every item; on failure raise LbMapsError (a part may have landed)."""
+    def __enter__(self) -> Self:
+        return self
 
-    @abstractmethod
-    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
-        """Delete every key; missing keys are fine. On failure raise LbMapsError."""
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
-    @abstractmethod
-    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of the map, packed."""
+    # the store ------------------------------------------------------------------------
 
     def _remove(self, map_name: str, keys: Sequence[bytes]) -> None:
-        """`_delete`, counting per map what left it (a full map's room comes from there)."""
+        """`store.delete`, counting per map what left it (a full map's room comes from there)."""
         before = self.stats.entries_deleted
         try:
-            self._delete(map_name, keys)
+            self.store.delete(map_name, keys)
         finally:
             gone = self.stats.entries_deleted - before
             self.stats.deleted_in[map_name] = self.stats.deleted_in.get(map_name, 0) + gone
@@ -177,9 +185,8 @@ class LbMaps(ABC):
         return self._view
 
     def contents(self) -> MapContents:
-        return decode_maps(
-            self._items(SERVICES_MAP), self._items(BACKENDS_MAP), self._items(REVERSE_NAT_MAP)
-        )
+        items = self.store.items
+        return decode_maps(items(SERVICES_MAP), items(BACKENDS_MAP), items(REVERSE_NAT_MAP))
 
     def backend_in_use(self, backend_id: int) -> bool:
         """Whether a service in the maps may still send connections to this backend."""
@@ -306,7 +313,7 @@ class LbMaps(ABC):
         ups = [(b, be) for b, be in diff.backends.items() if be is not None]
         ups = [(b, be) for b, be in ups if view.backends.get(b) != be]
         if ups:
-            self._update(BACKENDS_MAP, [(pack_backend_id(b), be.pack()) for b, be in ups])
+            self.store.update(BACKENDS_MAP, [(pack_backend_id(b), be.pack()) for b, be in ups])
             for b, be in ups:
                 view.backends[b] = be
                 self._pending_backends.discard(b)
@@ -334,7 +341,9 @@ class LbMaps(ABC):
         rn = {e.rev_nat_id: Lb4ReverseNat(fe.address, fe.port) for fe, e in changed.items()}
         rn = {r: v for r, v in rn.items() if self._rev_nat.get(r) != v}
         if rn:
-            self._update(REVERSE_NAT_MAP, [(pack_rev_nat_id(r), v.pack()) for r, v in rn.items()])
+            self.store.update(
+                REVERSE_NAT_MAP, [(pack_rev_nat_id(r), v.pack()) for r, v in rn.items()]
+            )
             self._rev_nat.update(rn)
         # 3. slots, then masters; the view forgets these services until the masters landed.
         # Services the maps hold nothing of yet: unwound if a full map refuses the write.
@@ -365,9 +374,9 @@ class LbMaps(ABC):
         masters_tried = False
         try:
             if slots:
-                self._update(SERVICES_MAP, slots)
+                self.store.update(SERVICES_MAP, slots)
             masters_tried = True
-            self._update(SERVICES_MAP, masters)
+            self.store.update(SERVICES_MAP, masters)
         except MapFull:
             if not masters_tried:  # no master changed: every old one still holds its count
                 self._shrink_back(olds, changed)
@@ -499,11 +508,3 @@ class LbMaps(ABC):
         self._refs.update(ids - old)
         if ids:
             self._possible[fe] = ids
-
-
-# --- implementations --------------------------------------------------------------------------
-
-
-def chunks(items: Sequence[_T], size: int = BATCH_MAX) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -1,4 +1,4 @@
-"""`PinnedLbMaps`: `LbMaps` on the kernel's pinned maps, with batched map syscalls.
+"""`PinnedMapStore`: the kernel's pinned LB maps as a `MapStore`, with batched map syscalls.
 
 Opened from `<bpffs>/cellmesh/<instance>/maps`; each map's key and value sizes are checked
 against this version's layouts first (stale pins from another version are refused, not misread),
@@ -7,6 +7,7 @@ kernel refuses because the map is full (E2BIG, ENOSPC) raises `MapFull`, not a p
 Writes go out in `BATCH_MAX` chunks through `BPF_MAP_UPDATE_BATCH` /
 `BPF_MAP_DELETE_BATCH`; reads through `BPF_MAP_LOOKUP_BATCH` (see ../shared/DEPENDENCIES.md for
 the hash-map quirks handled here). `batch=False` is the one-syscall-per-entry baseline.
+`PinnedLbMaps(maps_dir)` is `LbMaps` over such a store (the agent's maps).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from bpf.layout import MapSizes
-from bpf.lbmaps import MAP_SHAPES, LbMaps, LbMapsError, MapFull, chunks
+from bpf.lbmaps import LbMaps
 from bpf.libbpf import LibbpfError, check_syscall, lib
+from bpf.mapstore import MAP_SHAPES, LbMapsError, MapFull, StoreStats, chunks
 
 # struct bpf_map_info (linux/bpf.h): type, id, key_size, value_size, max_entries, map_flags, name.
 _INFO_KEY_SIZE = 8
@@ -32,7 +32,7 @@ _INFO_NAME = 24
 _FULL = (errno.E2BIG, errno.ENOSPC)
 
 
-class PinnedLbMaps(LbMaps):
+class PinnedMapStore:
     """The kernel's maps, opened from their pins (`<bpffs>/cellmesh/<instance>/maps`).
 
     `batch=False` writes one element per syscall (the baseline the benchmark compares with).
@@ -41,7 +41,7 @@ class PinnedLbMaps(LbMaps):
     def __init__(
         self, maps_dir: Path, *, batch: bool = True, sizes: MapSizes | None = None
     ) -> None:
-        super().__init__()
+        self.stats = StoreStats()
         self.maps_dir = maps_dir
         self.batch = batch
         self._fds: dict[str, int] = {}
@@ -93,24 +93,13 @@ class PinnedLbMaps(LbMaps):
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _fd(self, map_name: str) -> int:
         try:
             return self._fds[map_name]
         except KeyError:
             raise LbMapsError(f"{map_name}: maps are closed") from None
 
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         fd = self._fd(map_name)
         try:
             if not self.batch:
@@ -134,7 +123,7 @@ class PinnedLbMaps(LbMaps):
                 raise MapFull(map_name, self.capacity[map_name], str(e)) from e
             raise LbMapsError(str(e)) from e
 
-    def _delete(self, map_name: str, keys: Sequence[bytes]) -> None:
+    def delete(self, map_name: str, keys: Sequence[bytes]) -> None:
         fd = self._fd(map_name)
         try:
             if not self.batch:
@@ -171,7 +160,7 @@ class PinnedLbMaps(LbMaps):
             self.stats.entries_deleted += count.value
             start += count.value + 1
 
-    def _items(self, map_name: str) -> list[tuple[bytes, bytes]]:
+    def items(self, map_name: str) -> list[tuple[bytes, bytes]]:
         fd = self._fd(map_name)
         key_size, value_size, _ = MAP_SHAPES[map_name]
         out: list[tuple[bytes, bytes]] = []
@@ -207,6 +196,21 @@ class PinnedLbMaps(LbMaps):
                 return out
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
+
+
+class PinnedLbMaps(LbMaps):
+    """`LbMaps` over the pinned maps in `maps_dir` (a `PinnedMapStore`); closing it closes them."""
+
+    store: PinnedMapStore
+
+    def __init__(
+        self, maps_dir: Path, *, batch: bool = True, sizes: MapSizes | None = None
+    ) -> None:
+        super().__init__(PinnedMapStore(maps_dir, batch=batch, sizes=sizes))
+
+    @property
+    def capacity(self) -> dict[str, int]:
+        return self.store.capacity
 
 
 def _errno(rc: int) -> int:

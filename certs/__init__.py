@@ -5,7 +5,9 @@ SAN, `spiffe://<trust-domain>/cell/<cell>/<role>`, role one of meshapi | agent |
 Flow: `create_ca` → `issue_certificate` (per cell, role, node) → files loaded by TLS servers and
 clients → `identity_from_certificate` on the verified peer certificate → authorization by cell
 and role. `add_to_bundle` / `verify_chain` handle rotation; `inspect_certificate` and
-`expiry_report` serve meshctl. Imports only the stdlib and `cryptography`.
+`expiry_report` serve meshctl. Imports only the stdlib and `cryptography`: certs is the lowest
+layer, and meshcore takes the mesh's one cell-name rule from `names`. Reading order:
+certs/README.md.
 
 On-disk layout (a contract: meshapi, nodeagent and the deploy Secrets rely on it):
 

@@ -1,15 +1,19 @@
 """`MeshDriver`: what the connectivity suite needs of a mesh, whatever runs it.
 
 The suite (``e2e.suite``) creates its own workloads ("pods" running the echo server), runs client
-commands inside pods, and — for the disruptive tests — stops and starts control-plane parts. The
+commands inside pods, reaches each cell's meshapi as an admin (``meshapi``: an address and a TLS
+directory the driver resolved, e.g. from a meshctl context), and — for the disruptive tests —
+stops and starts control-plane parts. The CLI builds the driver and hands it to the suite: the
 local lab implements this (``meshctl.lab.LabDriver``); with real clusters, a Kubernetes driver
-(kube context per cell) will implement the same methods. Pure interface: no IO here.
+(kube context per cell) will implement the same methods. The suite never imports the CLI.
+Pure interface: no IO here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -49,6 +53,19 @@ class ExecResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class MeshApiAccess:
+    """How an admin reaches a cell's meshapi: a resolved context (address, TLS directory)."""
+
+    server: str  # host:port
+    tls_dir: Path  # ca.crt, tls.crt, tls.key of an admin certificate
+    server_name: str | None = None  # TLS name to verify instead of the server's host
+
+
+class AccessError(Exception):
+    """The driver cannot say how to reach a cell's meshapi; the message names the cause."""
+
+
 class MeshDriver(Protocol):
     def cells(self) -> list[str]:
         """The cells, in a stable order."""
@@ -59,11 +76,11 @@ class MeshDriver(Protocol):
         ...
 
     def context(self, cell: str) -> str:
-        """The meshctl context name of the cell (admin access to its meshapi)."""
+        """The name of the cell's context (admin access to its meshapi), for options/messages."""
         ...
 
-    def config_path(self) -> str:
-        """The meshctl contexts file holding those contexts."""
+    def meshapi(self, cell: str) -> MeshApiAccess:
+        """Admin access to the cell's meshapi, resolved now; AccessError naming the cause."""
         ...
 
     def add_pod(self, spec: PodSpec) -> Pod:

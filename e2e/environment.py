@@ -1,10 +1,11 @@
 """What the suite sets up in the mesh -- services, echo pods, client pods -- and takes down again.
 
 Flow: a test asks the ``Environment`` for a service (``service``: a Kubernetes Service manifest
-with the cellmesh/cilium annotations, applied to each cell through an admin ``MeshClient`` of the
-cell's context, ``MeshAdmin``) and for backends (``backend``: ``driver.add_pod`` of an echo pod
-registered for that service); everything it creates is pushed on a cleanup stack, test-scoped or
-suite-scoped, and ``cleanup`` removes it in reverse order, collecting errors instead of raising.
+with the cellmesh/cilium annotations, applied to each cell through an admin ``MeshClient`` on
+the meshapi the driver resolved, ``MeshAdmin``) and for backends (``backend``: ``driver.add_pod``
+of an echo pod registered for that service); everything it creates is pushed on a cleanup stack,
+test-scoped or suite-scoped, and ``cleanup`` removes it in reverse order, collecting errors
+instead of raising.
 All of it lives in one namespace (``cellmesh-test``) that belongs to the suite: services left in
 it by an interrupted run are deleted before the first apply. VIPs come from 10.96.240.0/23:
 cell A's in 10.96.240.x, cell B's in 10.96.241.x, one per service name.
@@ -17,14 +18,12 @@ import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from e2e.driver import MeshDriver, Pod, PodSpec, PortSpec
+from e2e.driver import AccessError, MeshDriver, Pod, PodSpec, PortSpec
 from meshcore.client import MeshApiError, MeshClient
 from meshcore.model import AFFINITY, GLOBAL, SHARED, Endpoint, Kind, Service
 from meshcore.tls import TlsConfigError
-from meshctl.contexts import ContextError, resolve_context
 
 __all__ = [
     "ECHO_PORT",
@@ -99,26 +98,26 @@ class ServiceAdmin(Protocol):
 
 @dataclass
 class MeshAdmin:
-    """``ServiceAdmin`` over each cell's meshctl context (the driver names them); one short
-    event loop per call, so the suite itself stays synchronous like the driver."""
+    """``ServiceAdmin`` over each cell's meshapi as the driver resolves it (``driver.meshapi``);
+    one short event loop per call, so the suite itself stays synchronous like the driver."""
 
     driver: MeshDriver
 
     def _run(self, cell: str, call: Callable[[MeshClient], Coroutine[Any, Any, T]]) -> T:
         name = self.driver.context(cell)
         try:
-            ctx = resolve_context(Path(self.driver.config_path()), name)
-        except ContextError as e:
+            api = self.driver.meshapi(cell)
+        except AccessError as e:
             raise AdminError(f"cell {cell!r}: context {name!r}: {e}") from e
 
         async def go() -> T:
-            async with MeshClient(ctx.server, ctx.tls_dir, server_name=ctx.server_name) as client:
+            async with MeshClient(api.server, api.tls_dir, server_name=api.server_name) as client:
                 return await call(client)
 
         try:
             return asyncio.run(go())
         except (MeshApiError, TlsConfigError) as e:
-            raise AdminError(f"cell {cell!r} (context {name!r}, {ctx.server}): {e}") from e
+            raise AdminError(f"cell {cell!r} (context {name!r}, {api.server}): {e}") from e
 
     def apply(self, cell: str, manifest: str) -> None:
         self._run(cell, lambda c: c.apply_manifest(manifest, source="connectivity-suite"))

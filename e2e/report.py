@@ -1,8 +1,10 @@
 """Results of a connectivity run and how they are shown: a table or one JSON document.
 
 Flow: the runner (``e2e.suite``) produces one ``TestResult`` per test, passed / failed / skipped,
-plus any cleanup problems, in a ``SuiteReport``; ``format_table`` and ``report_json`` render it
-and ``exit_code`` decides the command's status (1 on any failure or unclean cleanup). Pure.
+plus any cleanup problems, in a ``SuiteReport``; ``report_json`` renders it as one document (the
+CLI renders the table, ``meshctl.connectivity_commands.format_table``, with ``format_duration``
+and ``summary_line``) and ``exit_code`` decides the command's status (1 on any failure or
+unclean cleanup). Pure.
 """
 
 from __future__ import annotations
@@ -11,15 +13,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from meshctl.output import format_table as format_rows
-
 __all__ = [
     "Outcome",
     "SuiteReport",
     "TestResult",
     "exit_code",
     "format_duration",
-    "format_table",
     "report_json",
     "summary_line",
 ]
@@ -66,29 +65,6 @@ def summary_line(report: SuiteReport) -> str:
     text = f"{report.count(Outcome.PASSED)} passed, {report.count(Outcome.FAILED)} failed"
     skipped = report.count(Outcome.SKIPPED)
     return f"{text}, {skipped} skipped" if skipped else text
-
-
-def format_table(report: SuiteReport) -> str:
-    """The TEST / RESULT / DURATION / DETAIL table, cleanup problems, then the summary line."""
-    rows = [
-        (
-            r.name,
-            r.outcome.value,
-            "-" if r.outcome is Outcome.SKIPPED else format_duration(r.duration),
-            " ".join(r.detail.split()),  # one row per test, whatever the detail holds
-        )
-        for r in report.results
-    ]
-    lines = [
-        f"Connectivity test: clients in cell {report.source!r}, "
-        f"destination cell {report.destination!r}",
-        "",
-        format_rows(("TEST", "RESULT", "DURATION", "DETAIL"), rows),
-        "",
-    ]
-    lines += [f"cleanup: {error}" for error in report.cleanup_errors]
-    lines.append(summary_line(report))
-    return "\n".join(lines)
 
 
 def report_json(report: SuiteReport) -> dict[str, Any]:

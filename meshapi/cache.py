@@ -8,7 +8,9 @@ cache, the cache relists and publishes the difference as ordinary events, so wat
 
 A watcher resumes from a revision: from the history when it still covers it, else by reading the
 store at that revision and sending the difference of the two views; when neither can answer
-(compacted, or another store epoch), `ResumeUnavailable` tells the client to relist.
+(compacted, or another store epoch), `ResumeUnavailable` (`meshcore.errors`, the class the
+client gets back) tells the client to relist. An unreachable etcd is retried with
+`meshcore.backoff`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import structlog
 
 from meshapi.etcd_adapter import Compacted, KeyValue, StoreBatch, StoreUnavailable
 from meshapi.views import Item, View, ViewEvent, ViewName, diff_views, view_of
+from meshcore.backoff import Backoff, sleep
+from meshcore.errors import ResumeUnavailable, Retriable
 from meshcore.model import (
     PREFIX,
     Kind,
@@ -44,13 +48,10 @@ values, whichever comes first (a record may be up to 1 MiB; an agent receives at
 message). A batch always holds at least one event, so every record fits."""
 SUBSCRIBER_QUEUE = 10_000
 RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0)
+"""Waits between tries to reach etcd (the last repeats), without jitter: one process, one etcd."""
 
 
-class ResumeUnavailable(Exception):
-    """The watcher's resume point cannot be served; it must relist."""
-
-
-class WatcherTooSlow(Exception):
+class WatcherTooSlow(Retriable):
     """The watcher fell too far behind; it should resume from its last revision."""
 
 
@@ -171,13 +172,13 @@ class WatchCache:
 
     async def run(self) -> None:
         """List, then watch forever; relist on compaction, retry with backoff on outages."""
-        attempt = 0
+        backoff = Backoff(RETRY_DELAYS, jitter=0.0)
         while True:
             try:
                 await self._ensure_epoch()
                 await self._relist()
                 self.connected = True
-                attempt = 0
+                backoff.reset()
                 self._watch_task = asyncio.create_task(self._watch())
                 try:
                     await asyncio.wait({self._watch_task})
@@ -189,10 +190,9 @@ class WatchCache:
                 log.warning("Watch compacted, relisting", compact_revision=e.compact_revision)
             except StoreUnavailable as e:
                 self.connected = False
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                attempt += 1
+                delay = backoff.next_delay()
                 log.warning("Store unavailable, retrying", error=str(e), delay=delay)
-                await asyncio.sleep(delay)
+                await sleep(delay)
 
     async def _watch(self) -> None:
         async for batch in self._store.watch_prefix(PREFIX, start_revision=self.revision + 1):

@@ -18,12 +18,13 @@ import structlog
 
 from certs import CertError, MeshIdentity, identity_from_certificate
 from meshapi.authz import CellPolicy, Denied
-from meshapi.cache import ResumeUnavailable, WatchCache, WatcherTooSlow
+from meshapi.cache import WatchCache, WatcherTooSlow
 from meshapi.etcd_adapter import StoreRejected, StoreUnavailable
 from meshapi.recovery import StoreRecovery
 from meshapi.views import Item
 from meshapi.writer import RecordWriter
 from meshcore import wire
+from meshcore.errors import ResumeUnavailable
 from meshcore.model import (
     Kind,
     ManifestError,

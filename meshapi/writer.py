@@ -26,6 +26,7 @@ from typing import Protocol
 import structlog
 
 from meshapi.etcd_adapter import StoreRejected, StoreUnavailable
+from meshcore.backoff import Backoff, sleep
 from meshcore.model import Kind, SyncCanary, encode_record, synced_key
 
 log = structlog.get_logger("meshapi.writer")
@@ -35,6 +36,8 @@ MAX_BATCH_OPS = 1000
 # goes alone (and etcd may refuse it: then only its caller fails).
 MAX_BATCH_BYTES = 1024 * 1024
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+"""Waits between tries of a txn etcd could not take (the last repeats), without jitter: the
+writer is the only one writing to its etcd."""
 
 
 class WriteStore(Protocol):
@@ -193,17 +196,15 @@ class RecordWriter:
 
     async def _write_retrying(self, ops: Sequence[_Op]) -> int:
         puts, deletes, folded = coalesce(ops)
-        attempt = 0
+        backoff = Backoff(RETRY_DELAYS, jitter=0.0)
         while True:
             try:
                 revision = await self._store.write(puts=puts, deletes=deletes)
                 break
             except StoreUnavailable as e:  # etcd away for now: retry, keep the order
                 self.stats.failures += 1
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                attempt += 1
                 log.warning("Write failed, retrying", error=str(e), ops=len(puts) + len(deletes))
-                await asyncio.sleep(delay)
+                await sleep(backoff.next_delay())
         self.stats.txns += 1
         self.stats.ops += len(puts) + len(deletes)
         self.stats.coalesced += folded

@@ -1,11 +1,12 @@
 """The gRPC client of a cell's meshapi, used by nodeagent, meshctl and tests.
 
-Library errors are translated here, at the edge, into types that say what to do next:
-`PeerUnavailable` (retry), `ResumeUnavailable` (relist), `AccessDenied` (fix the certificate or
-connect the cell), `CertificateRefused` (the TLS handshake refused a certificate; the message says
-which and why it may be), `RequestRejected` (fix the input), `PeerProtocolError` (the peer speaks
-garbage). Every error carries its `ErrorClass` (what an agent reports in /status), decided here
-once and never re-parsed from the message.
+Library errors are translated here, at the edge, into the types of `meshcore.errors` that say
+what to do next: `PeerUnavailable` (retry), `ResumeUnavailable` (relist), `AccessDenied` (fix the
+certificate or connect the cell), `CertificateRefused` (the TLS handshake refused a certificate;
+the message says which and why it may be), `RequestRejected` (fix the input), `PeerProtocolError`
+(the peer speaks garbage). Every error carries its `ErrorClass` (what an agent reports in
+/status), decided here once and never re-parsed from the message. The error types are re-exported
+here for the client's callers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,17 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from meshcore import wire
+from meshcore.errors import (
+    LOST_CLASSES,
+    AccessDenied,
+    CertificateRefused,
+    ErrorClass,
+    MeshApiError,
+    PeerProtocolError,
+    PeerUnavailable,
+    RequestRejected,
+    ResumeUnavailable,
+)
 from meshcore.handshake import diagnose_refusal, tcp_reachable
 from meshcore.model import (
     CellConfig,
@@ -34,61 +45,21 @@ from meshcore.model import (
 from meshcore.tls import secure_channel
 from meshcore.wire import pb
 
-
-class ErrorClass(StrEnum):
-    """What kind of failure an error is (the `error_class` of an agent's /status)."""
-
-    DNS = "dns"  # the address does not resolve
-    TCP = "tcp"  # no connection: refused, reset, timed out
-    TLS = "tls"  # the TLS handshake failed: a certificate was refused
-    AUTHZ = "authz"  # connected, but the certificate's cell or role may not do this
-    CONFIG = "config"  # the cell's config does not fit the mesh (set by the agent)
-    PROTOCOL = "protocol"  # the peer sent something that is not our wire format
-    SERVER = "server"  # the peer answered but could not serve (e.g. its etcd is down)
-    RESUME = "resume"  # the resume point is gone: a relist, not a fault of the connection
-
-
-LOST_CLASSES = frozenset({ErrorClass.DNS, ErrorClass.TCP})
-"""The peer is away (no connection): a probe can tell when it is back."""
-
-
-class MeshApiError(Exception):
-    """Base of the client errors; `code` is the gRPC status name when there is one."""
-
-    code: str = ""
-    error_class: ErrorClass = ErrorClass.PROTOCOL
-
-
-class PeerUnavailable(MeshApiError):
-    """Not reachable, too slow, or restarting: retry with backoff."""
-
-    error_class = ErrorClass.TCP
-
-
-class ResumeUnavailable(MeshApiError):
-    """The resume revision is gone: relist."""
-
-    error_class = ErrorClass.RESUME
-
-
-class AccessDenied(MeshApiError):
-    """The certificate was refused or lacks the right: retrying will not help."""
-
-    error_class = ErrorClass.AUTHZ
-
-
-class CertificateRefused(AccessDenied):
-    """The TLS handshake failed on a certificate (ours refused, or the server's untrusted)."""
-
-    error_class = ErrorClass.TLS
-
-
-class RequestRejected(MeshApiError):
-    """The server found the request invalid; the message says what and where."""
-
-
-class PeerProtocolError(MeshApiError):
-    """The peer sent something that is not our wire format."""
+__all__ = [
+    "LOST_CLASSES",
+    "AccessDenied",
+    "CellInfo",
+    "CertificateRefused",
+    "ErrorClass",
+    "ManifestResult",
+    "MeshApiError",
+    "MeshClient",
+    "PeerProtocolError",
+    "PeerUnavailable",
+    "RequestRejected",
+    "ResumeUnavailable",
+    "translate",
+]
 
 
 # How grpc-core words a failure of the connection itself; a status the server sent has the

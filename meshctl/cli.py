@@ -16,10 +16,10 @@ from pathlib import Path
 
 import click
 
-from e2e.commands import connectivity_group
 from meshctl.bpf_commands import bpf_group
 from meshctl.certs_commands import ca_group, certs_group
 from meshctl.connect_commands import connect_command, disconnect_command
+from meshctl.connectivity_commands import connectivity_group
 from meshctl.contexts import (
     DEFAULT_CONFIG_PATH,
     Context,

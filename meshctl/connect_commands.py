@@ -21,7 +21,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import ip_address
 from pathlib import Path
 
 import click
@@ -30,7 +30,7 @@ from certs import CertError, ExpiryStatus, describe_certificate, inspect_certifi
 from certs.inspection import CertificateInfo
 from certs.pemfiles import parse_certificate
 from meshcore.client import MeshApiError, MeshClient
-from meshcore.model import Kind, Peer, peer_key
+from meshcore.model import ClashKind, Kind, Peer, find_cell_clash, find_peer_id_clash, peer_key
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection, resolve_context
 from meshctl.mesh_commands import describe_mesh_error
@@ -147,52 +147,46 @@ def check_server_certificate(cell: Cell, other: Context, der: bytes, warnings: l
 
 # ---- cells ------------------------------------------------------------------------------------
 
-Network = IPv4Network | IPv6Network
-
-
-def _overlap(mine: list[Network], theirs: list[Network]) -> tuple[Network, Network] | None:
-    for m in mine:
-        for t in theirs:
-            if m.version == t.version and m.overlaps(t):
-                return m, t
-    return None
+_FLAGS = {
+    ("pod", "pod"): "--pod-cidr",
+    ("node", "node"): "--node-cidr",
+    ("pod", "node"): "--pod-cidr or --node-cidr",
+    ("node", "pod"): "--pod-cidr or --node-cidr",
+}
 
 
 def check_cells_fit(a: Cell, b: Cell) -> None:
-    """Distinct names and ids (also among each side's other peers), CIDRs that do not overlap."""
+    """Distinct names and ids (also among each side's other peers), CIDRs that do not overlap.
+
+    The rule is the model's (`find_cell_clash`, the one the agents apply); this words the fix.
+    """
     ca, cb = a.config, b.config
-    if ca.name == cb.name:
+    clash = find_cell_clash(ca, cb)
+    if clash is not None and clash.kind is ClashKind.NAME:
         raise PreflightError(
             f"contexts {a.ctx.name!r} and {b.ctx.name!r} both reach a cell named {ca.name!r} "
             f"({a.ctx.server}, {b.ctx.server}): cell names must be unique in a mesh -- pick the "
             "other cell's context with --destination-context, or rename one cell (meshapi --cell)"
         )
-    if ca.id == cb.id:
+    if clash is not None and clash.kind is ClashKind.ID:
         raise PreflightError(
             f"cells {ca.name!r} and {cb.name!r} both have id {ca.id}: cell ids must be unique in "
             f"a mesh -- restart one cell's meshapi with another --cell-id (1-255)"
         )
     for x, y in ((a, b), (b, a)):
-        for other in x.peers.values():
-            if other.name != y.name and other.id == y.config.id:
-                raise PreflightError(
-                    f"cell {y.name!r} has id {y.config.id}, already used by {other.name!r}, a "
-                    f"peer of {x.name!r}: restart {y.name}'s meshapi with another --cell-id"
-                )
-    pairs = (
-        ("pod", ca.pod_cidrs, "pod", cb.pod_cidrs, "--pod-cidr"),
-        ("node", ca.node_cidrs, "node", cb.node_cidrs, "--node-cidr"),
-        ("pod", ca.pod_cidrs, "node", cb.node_cidrs, "--pod-cidr or --node-cidr"),
-        ("node", ca.node_cidrs, "pod", cb.pod_cidrs, "--pod-cidr or --node-cidr"),
-    )
-    for kind_a, mine, kind_b, theirs, flag in pairs:
-        clash = _overlap(mine, theirs)
-        if clash is not None:
+        other = find_peer_id_clash(y.config, x.peers.values())
+        if other is not None:
             raise PreflightError(
-                f"{kind_a} CIDR {clash[0]} of cell {ca.name!r} overlaps {kind_b} CIDR {clash[1]} "
-                f"of cell {cb.name!r}: connected cells need distinct addresses -- give one cell "
-                f"CIDRs that do not overlap (meshapi {flag}) before connecting them"
+                f"cell {y.name!r} has id {y.config.id}, already used by {other.name!r}, a "
+                f"peer of {x.name!r}: restart {y.name}'s meshapi with another --cell-id"
             )
+    if clash is not None:
+        raise PreflightError(
+            f"{clash.mine_kind} CIDR {clash.mine} of cell {ca.name!r} overlaps "
+            f"{clash.theirs_kind} CIDR {clash.theirs} of cell {cb.name!r}: connected cells need "
+            "distinct addresses -- give one cell CIDRs that do not overlap (meshapi "
+            f"{_FLAGS[clash.mine_kind, clash.theirs_kind]}) before connecting them"
+        )
 
 
 # ---- talking to the meshapis ------------------------------------------------------------------

@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
+
+from certs.names import MAX_DNS_NAME, dns_label_hint, is_dns_label, is_lower_dns_name
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -45,10 +46,6 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path("~/.config/cellmesh/meshctl.json")
 TLS_FILES = ("ca.crt", "tls.crt", "tls.key")
 
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_MAX_LABEL = 63
-_MAX_HOST = 253
-
 
 class ContextError(ValueError):
     """Base of the context errors; the message says what is wrong and where."""
@@ -68,19 +65,13 @@ class ConfigFileError(ContextError):
 
 def check_context_name(name: str) -> str:
     """A DNS label: 1-63 lowercase letters, digits or '-', alphanumeric at both ends."""
-    if len(name) > _MAX_LABEL or not _LABEL.fullmatch(name):
-        raise InvalidContextError(
-            f"context name {name!r} is not a DNS label: use 1-{_MAX_LABEL} lowercase letters, "
-            "digits or '-', starting and ending with a letter or digit"
-        )
+    if not is_dns_label(name):
+        raise InvalidContextError(f"context name {name!r} is not a DNS label: {dns_label_hint()}")
     return name
 
 
 def _is_host_name(host: str) -> bool:
-    labels = host.split(".")
-    return len(host) <= _MAX_HOST and all(
-        len(label) <= _MAX_LABEL and _LABEL.fullmatch(label) for label in labels
-    )
+    return len(host) <= MAX_DNS_NAME and is_lower_dns_name(host)
 
 
 def check_server(server: str) -> str:

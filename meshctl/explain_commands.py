@@ -3,10 +3,10 @@
 Flow: the contexts file -> the context of CELL (``--context``, else the one whose meshapi says it
 is CELL) -> that cell's service, endpoints, Peer records, Node and ``AgentStatus`` records ->
 for every peer, the context of the peer cell (found the same way; a missing or unreachable one
-is reported, never fatal) -> its service and endpoints -> ``explain_service`` (pure: builds
-``nodeagent.merge.CellSource``s with the peer states of the node's agent report, runs
-``merge_service``) -> per frontend, every candidate endpoint with its state, whether it is
-selected, and the reason sentence (``Reason.describe()``) -> a table or JSON.
+is reported, never fatal) -> its service and endpoints -> ``explain_service`` (pure:
+``meshcore.lbpolicy.cell_source`` with the peer states of the node's agent report -- the rule
+the agent uses -- then ``merge_service``) -> per frontend, every candidate endpoint with its
+state, whether it is selected, and the reason sentence (``Reason.describe()``) -> a table or JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ from typing import Any
 import click
 
 from meshcore.client import MeshApiError, MeshClient
+from meshcore.lbpolicy import (
+    STALE_STATE,
+    CellSource,
+    MergedService,
+    ServiceRef,
+    cell_source,
+    frontend_label,
+    merge_service,
+)
 from meshcore.model import (
     AGENT_STATUS_STALE_AFTER,
     AgentStatus,
@@ -40,8 +49,6 @@ from meshctl.contexts import (
     load_config,
 )
 from meshctl.output import format_table, output_option
-from nodeagent.merge import CellSource, MergedService, ServiceRef, merge_service
-from nodeagent.peers import DROPPED_STATES
 
 __all__ = ["CellView", "Explanation", "Row", "explain_group", "explain_service"]
 
@@ -133,22 +140,23 @@ def explain_service(
     for name in sorted(views):
         view = views[name]
         state = "local" if name == cell else _state_of(peer_states, name)
-        if state in DROPPED_STATES:
+        source = cell_source(
+            cell=name,
+            cell_id=view.cell_id,
+            local=name == cell,
+            state=state,
+            service=view.service,
+            endpoints={str(ep.address): ep for ep in view.endpoints},
+        )
+        if source is None:
             notes.append(f"cell {name!r} is {state} for this agent: its backends are not used")
             dropped.append(view)
             continue
         if state in PARTIAL_STATES:
             notes.append(f"cell {name!r} is {state}: the agent may not hold all its records yet")
-        if state == "stale":
+        if state == STALE_STATE:
             notes.append(f"cell {name!r} is stale: its last-known-good backends are kept")
-        sources[name] = CellSource(
-            cell=name,
-            cell_id=view.cell_id,
-            local=name == cell,
-            service=view.service,
-            endpoints={str(ep.address): ep for ep in view.endpoints},
-            stale=state == "stale",
-        )
+        sources[name] = source
     merged = merge_service(ref, sources)
     frontends = []
     for frontend in merged.frontends if merged is not None else ():
@@ -169,8 +177,7 @@ def explain_service(
         for view in dropped:
             rows += _dropped_rows(view, _state_of(peer_states, view.cell), frontend.frontend)
         f = frontend.frontend
-        vip = f"[{f.vip}]" if f.vip.version == 6 else str(f.vip)
-        label = f"{vip}:{f.port}/{f.protocol}" + (f" ({f.name})" if f.name else "")
+        label = frontend_label(f) + (f" ({f.name})" if f.name else "")
         frontends.append(FrontendRows(label, tuple(rows)))
     states = {c: _state_of(peer_states, c) for c in peers}
     local = views[cell].service if cell in views else None

@@ -30,7 +30,8 @@ from meshcore.client import (
     PeerUnavailable,
     RequestRejected,
 )
-from meshcore.model import Endpoint, Frontend, Kind, ManifestError, RecordError, Service, parse_key
+from meshcore.lbpolicy import frontend_label
+from meshcore.model import Endpoint, Kind, ManifestError, RecordError, Service, parse_key
 from meshcore.model.manifest import check_annotation_values, document_kind, load_documents
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection
@@ -215,11 +216,6 @@ async def _fetch_services(ctx: Context) -> list[ServiceRow]:
     ]
 
 
-def _frontend_text(frontend: Frontend) -> str:
-    vip = f"[{frontend.vip}]" if frontend.vip.version == 6 else str(frontend.vip)
-    return f"{vip}:{frontend.port}/{frontend.protocol}"
-
-
 def _service_json(service: Service, endpoints: list[Endpoint]) -> dict[str, Any]:
     return {
         "cell": service.cell,
@@ -261,7 +257,7 @@ def _services_table(rows: list[ServiceRow]) -> str:
             _yes_no(svc.global_),
             _yes_no(svc.shared),
             svc.affinity.value,
-            ",".join(_frontend_text(f) for f in svc.frontends) or "<none>",
+            ",".join(frontend_label(f) for f in svc.frontends) or "<none>",
             f"{sum(ep.ready for ep in endpoints)}/{len(endpoints)}",
         )
         for svc, endpoints in rows

@@ -1,8 +1,8 @@
 """How meshctl prints: the shared ``-o/--output`` option and kubectl-style tables.
 
 Every command that prints a document takes ``output_option`` (``table`` or ``json``) and renders
-its rows with ``format_table``; the connectivity suite's report (``e2e.report``) uses the same
-table so every meshctl table reads alike.
+its rows with ``format_table``; the connectivity suite's report
+(``meshctl.connectivity_commands``) uses the same table so every meshctl table reads alike.
 """
 
 from __future__ import annotations

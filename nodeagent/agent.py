@@ -25,14 +25,20 @@ from typing import Protocol
 import structlog
 
 from bpf.lbmaps import LbMaps
+from meshcore.lbpolicy import (
+    CellSource,
+    MergedService,
+    ServiceRef,
+    ServiceSelection,
+    cell_source,
+    merge_service,
+)
 from meshcore.model import CellConfig, Peer, RecordError, check_cells_distinct
 from meshcore.watch.listwatch import BACKOFF
 from nodeagent.cellcache import CellCache, Touched
 from nodeagent.desired import DesiredLb, routes_for_nodes
-from nodeagent.merge import CellSource, MergedService, ServiceRef, merge_service
-from nodeagent.peers import DROPPED_STATES, ConfigRefused, PeerState, PeerTarget, PeerWatcher
+from nodeagent.peers import ConfigRefused, PeerState, PeerTarget, PeerWatcher
 from nodeagent.reconciler import Reconciler
-from nodeagent.selection import ServiceSelection
 
 log = structlog.get_logger("nodeagent.agent")
 
@@ -282,15 +288,13 @@ class Agent:
     def _source(self, w: PeerWatcher, ref: ServiceRef) -> CellSource | None:
         """What ``w``'s cell contributes to ``ref`` now; None while it contributes nothing."""
         cfg = w.cache.config
-        if cfg is None or w.state in DROPPED_STATES:
-            return None
-        return CellSource(
+        return cell_source(
             cell=w.cell,
-            cell_id=cfg.id,
+            cell_id=cfg.id if cfg is not None else None,
             local=w.local,
+            state=w.state,
             service=w.cache.services.get(ref),
             endpoints=w.cache.endpoints.get(ref, {}),
-            stale=w.state is PeerState.STALE,
         )
 
     def _sources(self, ref: ServiceRef) -> dict[str, CellSource]:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from meshcore.lbpolicy import ServiceRef
 from meshcore.model import (
     CellConfig,
     Endpoint,
@@ -32,7 +33,6 @@ from meshcore.model import (
     kind_of_key,
 )
 from meshcore.watch.listwatch import Change
-from nodeagent.merge import ServiceRef
 
 # Kinds whose deletes wait for the kind's canary (the cell's own config and heartbeat are
 # singletons that never shrink a backend set).

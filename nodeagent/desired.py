@@ -1,9 +1,10 @@
 """`DesiredLb`: the load-balancer state the agent wants, kept incrementally per service.
 
-Flow: a service's selection (`nodeagent.selection`) → `set_frontends` (a whole service, on a
-rebuild) or `update_frontend` (what entered and left one frontend's selection) → `bpf.lbstate`
-entries → the reconciler diffs the dirty keys against the maps. One endpoint change costs work
-in proportion to the change (`patch_order` keeps slots without a Python pass over the service).
+Flow: a service's selection (`meshcore.lbpolicy.ServiceSelection`) → `set_frontends` (a whole
+service, on a rebuild) or `update_frontend` (what entered and left one frontend's selection) →
+`bpf.lbstate` entries → the reconciler diffs the dirty keys against the maps. One endpoint change
+costs work in proportion to the change (`patch_order` keeps slots without a Python pass over
+the service).
 
 `routes_for_nodes` gives the desired routes to remote nodes' pod CIDRs the same way: pure.
 
@@ -32,9 +33,9 @@ from typing import Final, cast
 
 from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
 from bpf.lbstate import BACKEND_ID_MAX, REV_NAT_ID_MAX, Frontend, LbState, ServiceEntry
+from meshcore.lbpolicy import MergedBackend, MergedService, ServiceRef
 from meshcore.model import Node
 from meshcore.model.records import Frontend as RecordFrontend
-from nodeagent.merge import MergedBackend, MergedService, ServiceRef
 
 PROTOCOLS: Final = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP}
 
@@ -205,7 +206,7 @@ class DesiredLb:
         self._rev_ids = _Ids(REV_NAT_ID_MAX)
 
     def seed(self, restored: LbState) -> None:
-        """Adopt the ids of a restored map state (call before the first `set_service`)."""
+        """Adopt the ids of a restored map state (call before the first `set_frontends`)."""
         for bid, be in restored.backends.items():
             self._backend_ids.setdefault((be.address, be.port, be.proto), bid)
             self._ids.adopt(bid)
@@ -233,7 +234,11 @@ class DesiredLb:
         self._restored_order.clear()
 
     def set_service(self, ref: ServiceRef, merged: MergedService | None) -> None:
-        """Replace what ref contributes with merged (None: the service is gone here)."""
+        """`set_frontends` from a full `merge_service` result (None: the service is gone here).
+
+        The agent keeps `ServiceSelection`s and calls `set_frontends` / `update_frontend`;
+        this whole-service form is for callers holding a `MergedService` (tests, benchmarks).
+        """
         if merged is None:
             self.set_frontends(ref, None)
         else:

@@ -1,7 +1,7 @@
 """`PeerWatcher`: one per cell (the agent's own included) — connect, check, list-then-watch.
 
 Per cell: open an mTLS channel with the agent's certificate, fetch the cell's config and check it
-(`check_config`: name and id as connected, id unique, pod CIDRs not overlapping), then run a
+(`check_config`: name and id as connected, id unique, no pod or node CIDR overlapping), then run a
 `ListWatcher` into the cell's `CellCache` (which validates every record and gates deletes on the
 sync canaries). The watcher reconnects with capped exponential backoff and jitter, cut short by
 a TCP probe as soon as the peer is back, and resumes from its last revision; a refused config is
@@ -13,7 +13,7 @@ last-known-good state). Life is the newer of the last heartbeat record and the l
 stream delivered: a long listing is alive although its heartbeat is old. `revoked` after the
 opt-in stale TTL (cache drained); `disconnected` once stopped by a disconnect (drained).
 `evaluate(now)` derives the state; the agent calls it on every tick. Error classes come with the
-errors (`meshcore.client.ErrorClass`), never from parsing their messages.
+errors (`meshcore.errors.ErrorClass`), never from parsing their messages.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from pathlib import Path
 
 import structlog
 
-from meshcore.client import LOST_CLASSES, ErrorClass, MeshApiError, MeshClient
+from meshcore.backoff import BACKOFF, backoff_delay, backoff_sleep
+from meshcore.client import MeshClient
+from meshcore.errors import LOST_CLASSES, ErrorClass, MeshApiError
 from meshcore.model import CellConfig
-from meshcore.watch.backoff import BACKOFF, backoff_delay, backoff_sleep
 from meshcore.watch.listwatch import ListWatcher, WatchSource, WatchState
 from nodeagent.cellcache import CellCache
 

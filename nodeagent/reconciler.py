@@ -2,8 +2,9 @@
 
 Flow: `DesiredLb` marks the frontends and backends a change touched → `sync()` diffs just those
 keys against the maps' view and applies one batched `LbDiff`; a failed batch is retried key by
-key, and a key that still fails waits out its own backoff (`min * 2**n`, capped) while the rest
-goes on. `full_pass()` diffs everything (after re-reading the maps when asked) and repairs drift.
+key, and a key that still fails waits out its own backoff (`meshcore.backoff`: the shared
+delays, the last one repeating, no jitter) while the rest goes on. `full_pass()` diffs everything
+(after re-reading the maps when asked) and repairs drift.
 Bookkeeping changes only after the maps took the write (LbMaps' view).
 
 A full map (`MapFull`: the kernel refused an insert with E2BIG / ENOSPC) is a bounded condition,
@@ -28,12 +29,11 @@ import structlog
 from bpf.layout import SERVICES_MAP
 from bpf.lbmaps import InvalidDiff, LbMaps, LbMapsError, MapFull
 from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
+from meshcore.backoff import BACKOFF, backoff_delay
 from nodeagent.desired import DesiredLb
 from nodeagent.fullmaps import MAP_FULL_RETRY, FullMap, FullMaps, Key
 
 log = structlog.get_logger("nodeagent.reconciler")
-
-RETRY_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Reconciler:
         maps: LbMaps,
         desired: DesiredLb,
         *,
-        backoff: tuple[float, ...] = RETRY_BACKOFF,
+        backoff: tuple[float, ...] = BACKOFF,
         map_full_retry: float = MAP_FULL_RETRY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -301,7 +301,8 @@ class Reconciler:
         except (LbMapsError, InvalidDiff) as e:
             self._note(e)
             retry = self._retry.setdefault(key, _Retry())
-            delay = self._backoff[min(retry.attempts, len(self._backoff) - 1)]
+            # No jitter: it spreads the clients of a shared server; these maps are this node's.
+            delay = backoff_delay(self._backoff, retry.attempts, jitter=0.0)
             retry.attempts += 1
             retry.due = self._clock() + delay
             result.failed += 1

@@ -3,8 +3,9 @@
 Flow: sources (k8s watch, standalone registrations, ``meshctl apply`` via ``manifest`` and
 ``annotations``) build ``records`` -> ``codec.encode_record`` -> etcd at ``keys`` paths ->
 meshapi watch cache -> gRPC -> agents -> ``codec.decode_record`` (validates, checks body against
-key) -> ``ownership`` checks for peer records -> merge. Keys and encoded values are a FROZEN WIRE
-CONTRACT. No IO and no asyncio here: only stdlib, pydantic and yaml.
+key) -> ``ownership`` checks for peer records (``cellfit``: do two cells fit one mesh) -> merge.
+Keys and encoded values are a FROZEN WIRE CONTRACT. No IO and no asyncio here: only stdlib,
+pydantic, yaml and the name rules of ``certs.names``.
 """
 
 from meshcore.model.agentstatus import (
@@ -24,6 +25,7 @@ from meshcore.model.annotations import (
     ServiceFlags,
     parse_service_annotations,
 )
+from meshcore.model.cellfit import CellClash, ClashKind, find_cell_clash, find_peer_id_clash
 from meshcore.model.codec import (
     MAX_VALUE_BYTES,
     decode_record,
@@ -113,8 +115,10 @@ __all__ = [
     "SHARED",
     "Affinity",
     "AgentStatus",
+    "CellClash",
     "CellConfig",
     "CellId",
+    "ClashKind",
     "Endpoint",
     "EndpointPort",
     "Frontend",
@@ -145,6 +149,8 @@ __all__ = [
     "encode_record",
     "endpoint_key",
     "endpoint_service_key",
+    "find_cell_clash",
+    "find_peer_id_clash",
     "format_validation_error",
     "heartbeat_key",
     "identity_cell_id",

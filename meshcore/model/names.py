@@ -4,8 +4,10 @@ Each ``check_*`` function returns its input or raises ``ValueError`` with a mess
 act on; the ``Annotated`` aliases wrap them for pydantic so that records and manifests apply the
 same rules. Names follow Kubernetes: cell names are DNS labels of at most 32 characters,
 namespaces and service names DNS-1123 labels (at most 63), node names DNS-1123 subdomains (at
-most 253). Addresses are parsed from text only (never from integers) and kept canonical, because
-they appear in keys.
+most 253). The label and cell-name rule itself is `certs.names` (the lowest layer, shared with
+the certificates and meshctl); this module words its messages for records and manifests.
+Addresses are parsed from text only (never from integers) and kept canonical, because they
+appear in keys.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Annotated, Literal, NewType
 
 from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator
+
+from certs.names import MAX_CELL_NAME, dns_label_hint, is_cell_name, is_dns_label
 
 __all__ = [
     "MAX_CELL_ID",
@@ -42,12 +46,9 @@ __all__ = [
     "shown",
 ]
 
-MAX_CELL_NAME = 32
 MAX_CELL_ID = 255
-_MAX_LABEL = 63
 _MAX_SUBDOMAIN = 253
 
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 CellId = NewType("CellId", int)
@@ -88,21 +89,17 @@ def cut(text: str, limit: int = 200) -> str:
 
 def check_cell_name(value: str) -> str:
     """A DNS label of at most 32 characters: lowercase a-z, 0-9 and '-', alnum at both ends."""
-    if len(value) > MAX_CELL_NAME or not _LABEL.fullmatch(value):
+    if not is_cell_name(value):
         raise ValueError(
-            f"{shown(value)} is not a valid cell name: use 1-{MAX_CELL_NAME} lowercase letters, "
-            "digits or '-', starting and ending with a letter or digit"
+            f"{shown(value)} is not a valid cell name: {dns_label_hint(MAX_CELL_NAME)}"
         )
     return value
 
 
 def check_dns_label(value: str) -> str:
     """A DNS-1123 label (namespaces, service names, port names): at most 63 characters."""
-    if len(value) > _MAX_LABEL or not _LABEL.fullmatch(value):
-        raise ValueError(
-            f"{shown(value)} is not a valid DNS-1123 label: use 1-{_MAX_LABEL} lowercase "
-            "letters, digits or '-', starting and ending with a letter or digit"
-        )
+    if not is_dns_label(value):
+        raise ValueError(f"{shown(value)} is not a valid DNS-1123 label: {dns_label_hint()}")
     return value
 
 

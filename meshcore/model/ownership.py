@@ -4,7 +4,9 @@
 must also belong to that peer: its cell is the peer's name, its identities carry the peer's cell
 id, and its addresses lie inside the peer's CIDRs (``CellConfig``). An agent runs
 ``check_peer_config`` once per connection and ``check_record_owner`` on every record it reads
-from a peer, and drops (and counts) what fails. Both raise ``RecordError``.
+from a peer, and drops (and counts) what fails; ``check_cells_distinct`` refuses a peer that does
+not fit the rest of the mesh (the rule is ``cellfit``, shared with ``meshctl connect``). All
+raise ``RecordError``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from meshcore.model.cellfit import ClashKind, find_cell_clash
 from meshcore.model.errors import RecordError
 from meshcore.model.records import (
     CellConfig,
@@ -40,18 +43,26 @@ def check_peer_config(config: CellConfig, peer: Peer) -> None:
 
 
 def check_cells_distinct(config: CellConfig, other: CellConfig) -> None:
-    """Two cells of one mesh: distinct ids, pod CIDRs that do not overlap."""
-    if config.id == other.id:
-        raise RecordError(
-            config.key(), f"cell {config.name!r} has id {config.id}, already used by {other.name!r}"
+    """Two cells of one mesh must fit (`cellfit.find_cell_clash`): distinct names and ids, pod
+    and node CIDRs that do not overlap. The agent runs it for every connected peer."""
+    clash = find_cell_clash(config, other)
+    if clash is None:
+        return
+    if clash.kind is ClashKind.NAME:
+        reason = f"cell name {config.name!r} is already used by another cell of the mesh"
+    elif clash.kind is ClashKind.ID:
+        reason = f"cell {config.name!r} has id {config.id}, already used by {other.name!r}"
+    else:
+        theirs = (
+            str(clash.theirs)
+            if clash.theirs_kind == clash.mine_kind
+            else f"{clash.theirs_kind} CIDR {clash.theirs}"
         )
-    for mine in config.pod_cidrs:
-        for theirs in other.pod_cidrs:
-            if mine.version == theirs.version and mine.overlaps(theirs):
-                raise RecordError(
-                    config.key(),
-                    f"cell {config.name!r} pod CIDR {mine} overlaps {theirs} of {other.name!r}",
-                )
+        reason = (
+            f"cell {config.name!r} {clash.mine_kind} CIDR {clash.mine} overlaps {theirs} "
+            f"of {other.name!r}"
+        )
+    raise RecordError(config.key(), reason)
 
 
 def _inside(address: IPv4Address | IPv6Address, cidrs: Iterable[IPv4Network | IPv6Network]) -> bool:

@@ -1,6 +1,6 @@
 """`ListWatcher`: keeps a validated local copy of one cell's records in step with its meshapi.
 
-List, then watch; after a broken stream, back off (`meshcore.watch.backoff`: short first delays,
+List, then watch; after a broken stream, back off (`meshcore.backoff`: short first delays,
 cut short by a probe when the peer comes back) and resume from the last revision; relist with
 mark-and-sweep when the peer says the revision is gone, or when resuming keeps failing although
 the peer answers (RESUME_FAILURE_LIMIT times in a row). `last_batch_at` (on the injected clock)
@@ -19,7 +19,8 @@ from typing import Protocol
 
 import structlog
 
-from meshcore.client import (
+from meshcore.backoff import BACKOFF, Probe, backoff_delay, backoff_sleep
+from meshcore.errors import (
     LOST_CLASSES,
     ErrorClass,
     MeshApiError,
@@ -27,7 +28,6 @@ from meshcore.client import (
     ResumeUnavailable,
 )
 from meshcore.model import Kind, Record, RecordError, decode_record, kind_of_key, kind_prefix
-from meshcore.watch.backoff import BACKOFF, Probe, backoff_delay, backoff_sleep
 from meshcore.wire import pb
 
 __all__ = ["BACKOFF", "RESUME_FAILURE_LIMIT", "Change", "ListWatcher", "WatchSource", "WatchState"]

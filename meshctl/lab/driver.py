@@ -1,5 +1,9 @@
 """`LabDriver`: the connectivity suite's `e2e.driver.MeshDriver` over a running lab.
 
+The CLI builds it and hands it to the suite; ``meshapi(cell)`` resolves the cell's meshctl
+context (recorded in the lab's state) into an address and a TLS directory, so the suite never
+reads the contexts file itself.
+
 It works on the lab's state file (under its lock): a pod is added to the state before its
 namespace and echo server are made, and dropped from it only after they are gone, so
 ``meshctl lab down`` removes whatever the driver added, even after a crash. Endpoints are
@@ -16,7 +20,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from e2e.driver import ExecResult, Pod, PodSpec
+from e2e.driver import AccessError, ExecResult, MeshApiAccess, Pod, PodSpec
+from meshctl.contexts import ContextError, resolve_context
 from meshctl.lab import pods, procs
 from meshctl.lab.control import start_process, stop_process
 from meshctl.lab.state import (
@@ -76,6 +81,14 @@ class LabDriver:
 
     def config_path(self) -> str:
         return str(self._config_path)
+
+    def meshapi(self, cell: str) -> MeshApiAccess:
+        """The cell's context, resolved from the contexts file now (it may have changed)."""
+        try:
+            ctx = resolve_context(self._config_path, self.context(cell))
+        except ContextError as e:
+            raise AccessError(str(e)) from e
+        return MeshApiAccess(ctx.server, ctx.tls_dir, ctx.server_name)
 
     def python(self) -> str:
         return sys.executable

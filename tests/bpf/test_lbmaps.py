@@ -287,7 +287,7 @@ def test_large_apply_uses_batch_syscalls(real: PinnedLbMaps) -> None:
 def test_kernel_delete_batch_skips_missing_keys(real: PinnedLbMaps) -> None:
     real.apply(LbDiff(backends={1: be(1), 2: be(2), 3: be(3)}))
     keys = [pack_backend_id(b) for b in (1, 42, 2, 43, 3)]
-    real._delete(BACKENDS_MAP, keys)
+    real.store.delete(BACKENDS_MAP, keys)
     assert real.contents().backends == {}
     assert real.stats.entries_deleted == 3
 

@@ -12,10 +12,10 @@ from e2e.report import (
     TestResult,
     exit_code,
     format_duration,
-    format_table,
     report_json,
     summary_line,
 )
+from meshctl.connectivity_commands import format_table
 
 RESULTS = (
     TestResult("pod-to-pod/cross-cell/tcp", Outcome.PASSED, 1.234, "20 attempts: 20 from b"),

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-import e2e.commands
 import e2e.suite
+import meshctl.connectivity_commands
 from e2e.checks import SuiteConfig, TestContext
 from e2e.driver import Pod, PodSpec
 from e2e.environment import NAMESPACE, Environment, MeshAdmin, ServiceSpec
@@ -273,7 +273,8 @@ def invoke(lab: Lab, *args: str) -> Result:
     """``meshctl connectivity test --multi-cluster --lab NAME ARGS`` in this process (so that
     the suite's tests can be replaced by stand-ins)."""
     return CliRunner(env={"MESHCTL_CONFIG": str(lab.config)}).invoke(
-        e2e.commands.connectivity_group, ["test", "--multi-cluster", "--lab", lab.name, *args]
+        meshctl.connectivity_commands.connectivity_group,
+        ["test", "--multi-cluster", "--lab", lab.name, *args],
     )
 
 

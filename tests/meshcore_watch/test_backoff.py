@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from meshcore.client import ErrorClass, PeerUnavailable
+from meshcore.backoff import Backoff, backoff_delay, backoff_sleep, sleep
+from meshcore.errors import ErrorClass, PeerUnavailable
 from meshcore.model import Kind
-from meshcore.watch.backoff import backoff_delay, backoff_sleep, sleep
 from meshcore.watch.listwatch import ListWatcher
 from meshcore.wire import pb
 from tests.conftest import wait_for
@@ -39,6 +39,21 @@ def test_delays_are_data_with_jitter_on_top() -> None:
     assert backoff_delay(delays, 0, rand=lambda: 0.0) == 0.05
     assert backoff_delay(delays, 1, rand=lambda: 1.0) == pytest.approx(0.15)
     assert backoff_delay(delays, 9, rand=lambda: 0.0) == 5.0  # the last one repeats
+
+
+def test_jitter_is_a_fraction_of_the_delay_and_may_be_off() -> None:
+    assert backoff_delay((2.0,), 0, jitter=0.25, rand=lambda: 1.0) == pytest.approx(2.5)
+    assert backoff_delay((2.0,), 5, jitter=0.0, rand=lambda: 1.0) == 2.0
+
+
+def test_a_backoff_counts_failures_and_starts_over_after_a_success() -> None:
+    backoff = Backoff((0.1, 0.2, 0.5), jitter=0.0)
+    assert [backoff.next_delay() for _ in range(5)] == [0.1, 0.2, 0.5, 0.5, 0.5]
+    assert backoff.failures == 5
+    backoff.reset()
+    assert backoff.next_delay() == 0.1
+    jittered = Backoff((1.0,), rand=lambda: 1.0)
+    assert jittered.next_delay() == pytest.approx(1.5)  # the default jitter: up to +50 %
 
 
 async def test_wakeup_event_ends_the_sleep() -> None:

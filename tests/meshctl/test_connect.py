@@ -23,12 +23,12 @@ from bpf.fakemaps import FakeLbMaps
 from certs import Role, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
 from meshcore.client import AccessDenied, MeshClient
+from meshcore.lbpolicy import ServiceRef
 from meshcore.localetcd import LocalEtcd
 from meshcore.model import Kind, Peer, peer_key
 from meshctl.cli import cli
 from meshctl.contexts import Context, add_context
 from nodeagent.agent import Agent, AgentConfig
-from nodeagent.merge import ServiceRef
 from nodeagent.peers import PeerState
 from tests.conftest import CELL_CIDRS, CELL_IDS, Pki, wait_for
 from tests.meshapi.helpers import endpoint, service

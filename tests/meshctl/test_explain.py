@@ -28,6 +28,7 @@ from click.testing import CliRunner, Result
 from certs import Role
 from meshapi.app import MeshApiApp, MeshApiConfig
 from meshcore.client import MeshClient
+from meshcore.lbpolicy import Reason, ServiceRef
 from meshcore.localetcd import LocalEtcd
 from meshcore.model import (
     AgentStatus,
@@ -43,7 +44,6 @@ from meshcore.model import (
 from meshcore.model.records import Affinity
 from meshctl.contexts import Context, add_context
 from meshctl.explain_commands import CellView, explain_group, explain_service
-from nodeagent.merge import Reason, ServiceRef
 from tests.conftest import CELL_CIDRS, CELL_IDS, Pki
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

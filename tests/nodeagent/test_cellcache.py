@@ -6,6 +6,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from meshcore.lbpolicy import ServiceRef
 from meshcore.model import (
     Affinity,
     CellConfig,
@@ -26,7 +27,6 @@ from meshcore.model import (
 )
 from meshcore.watch.listwatch import Change
 from nodeagent.cellcache import CellCache, Touched
-from nodeagent.merge import ServiceRef
 
 CELL = "east"
 REF = ServiceRef("shop", "cart")

@@ -10,16 +10,16 @@ import pytest
 
 from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
 from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
-from meshcore.model import Affinity, Node
-from meshcore.model import Frontend as RecordFrontend
-from nodeagent.desired import DesiredLb, IdsExhausted, _Ids, routes_for_nodes, stable_order
-from nodeagent.merge import (
+from meshcore.lbpolicy import (
     BackendState,
     MergedBackend,
     MergedFrontend,
     MergedService,
     ServiceRef,
 )
+from meshcore.model import Affinity, Node
+from meshcore.model import Frontend as RecordFrontend
+from nodeagent.desired import DesiredLb, IdsExhausted, _Ids, routes_for_nodes, stable_order
 
 CART = ServiceRef("shop", "cart")
 PAY = ServiceRef("shop", "pay")

@@ -28,13 +28,13 @@ from bpf.lbstate import Frontend
 from bpf.pinned_maps import PinnedLbMaps
 from certs import Role
 from meshcore.client import MeshClient
+from meshcore.lbpolicy import ServiceRef
 from meshcore.model import AgentStatus, Kind
 from meshctl.contexts import Context
 from meshctl.status_commands import status_document
 from nodeagent.app import AgentApp, DatapathConfig
 from nodeagent.desired import DesiredLb
 from nodeagent.fullmaps import FullMap
-from nodeagent.merge import ServiceRef
 from nodeagent.reconciler import Reconciler
 from tests.conftest import Pki, wait_for
 from tests.meshapi.helpers import endpoint, service

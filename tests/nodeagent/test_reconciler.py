@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
 from ipaddress import IPv4Address, ip_address
 
 import pytest
 
-from bpf.fakemaps import FakeLbMaps, FaultyLbMaps
+from bpf.fakemaps import FakeLbMaps, FaultyLbMaps, MemoryMapStore
 from bpf.layout import (
     BACKENDS_MAP,
     IPPROTO_TCP,
@@ -23,10 +24,8 @@ from bpf.layout import (
 )
 from bpf.lbmaps import LbMaps, LbMapsError
 from bpf.lbstate import Frontend, LbDiff, LbState
-from meshcore.model import Affinity, Endpoint, EndpointPort, Service
-from meshcore.model import Frontend as RecordFrontend
-from nodeagent.desired import DesiredLb
-from nodeagent.merge import (
+from meshcore.backoff import BACKOFF as SHARED_BACKOFF
+from meshcore.lbpolicy import (
     BackendState,
     CellSource,
     MergedBackend,
@@ -35,6 +34,9 @@ from nodeagent.merge import (
     ServiceRef,
     merge_service,
 )
+from meshcore.model import Affinity, Endpoint, EndpointPort, Service
+from meshcore.model import Frontend as RecordFrontend
+from nodeagent.desired import DesiredLb
 from nodeagent.reconciler import Reconciler
 
 CART = ServiceRef("shop", "cart")
@@ -204,7 +206,7 @@ def test_removing_a_backend_in_the_middle_writes_few_entries() -> None:
 # --- start-up: restore, and deletes gated until allow_deletes ---------------------------------
 
 
-def first_agent() -> dict[str, dict[bytes, bytes]]:
+def first_agent() -> MemoryMapStore:
     """Maps as a previous agent left them: CART over .1 .2 .3, PAY over .4."""
     maps, desired, reconciler, _ = setup()
     desired.set_service(CART, merged(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
@@ -313,6 +315,26 @@ def test_failed_keys_wait_out_their_backoff() -> None:
     assert_datapath_valid(inner)
 
 
+def test_by_default_a_failing_key_waits_the_shared_backoff_delays_without_jitter() -> None:
+    # One table of delays for every retry in the agent, not a copy of it.
+    assert inspect.signature(Reconciler).parameters["backoff"].default is SHARED_BACKOFF
+    faulty = FaultyLbMaps(FakeLbMaps(), probability=1.0, seed=3)
+    desired, clock = DesiredLb(), Clock()
+    reconciler = Reconciler(faulty, desired, clock=clock)
+    reconciler.allow_deletes()
+    desired.set_service(CART, merged(CART, ["10.1.0.1"]))
+    reconciler.sync()
+    for delay in (*SHARED_BACKOFF, SHARED_BACKOFF[-1]):  # the last delay repeats
+        failed_at, faults = clock.now, faulty.faults
+        clock.now = failed_at + delay - 0.001
+        reconciler.sync()
+        assert faulty.faults == faults, f"retried before its {delay} s"
+        clock.now = failed_at + delay + 0.001  # jitter (up to +50 %) would not be due yet
+        reconciler.sync()
+        assert faulty.faults > faults, f"not retried after its {delay} s"
+    assert reconciler.pending > 0
+
+
 def test_a_retried_key_that_no_longer_needs_a_write_is_dropped() -> None:
     faulty = FaultyLbMaps(FakeLbMaps(), probability=1.0, seed=2)
     maps, desired, reconciler, clock = setup(faulty)
@@ -359,34 +381,35 @@ def test_random_failures_converge_and_the_datapath_stays_valid(seed: int) -> Non
     assert inner.dump() == fresh_dump(desired.state)
 
 
-class MasterWritesFail(FakeLbMaps):
-    """Fake maps whose master (slot 0) writes fail while `failing`: services end half-written."""
+class MasterWritesFail(MemoryMapStore):
+    """A store whose master (slot 0) writes fail while `failing`: services end half-written."""
 
     failing = False
 
-    def _update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+    def update(self, map_name: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         if (
             self.failing
             and map_name == SERVICES_MAP
             and any(Lb4Key.unpack(key).slot == MASTER_SLOT for key, _ in items)
         ):
             raise LbMapsError("injected: master write failed")
-        super()._update(map_name, items)
+        super().update(map_name, items)
 
 
 def test_a_half_written_service_that_is_no_longer_wanted_is_deleted() -> None:
-    maps = MasterWritesFail()
+    store = MasterWritesFail()
+    maps = LbMaps(store)
     _, desired, reconciler, clock = setup(maps)
     desired.set_service(CART, merged(CART, ["10.1.0.1"]))
     reconciler.sync()
     # The next write lands the new backends and slots, but not the master.
-    maps.failing = True
+    store.failing = True
     desired.set_service(CART, merged(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
     assert reconciler.sync().failed > 0
     assert fe(CART) not in maps.state.services
     assert_datapath_valid(maps)
     # The service goes before its write ever landed; the maps heal.
-    maps.failing = False
+    store.failing = False
     desired.set_service(CART, None)
     for _ in range(3):
         reconciler.sync()

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import pytest
 
 from bpf.lbstate import LbState
+from meshcore.lbpolicy import CellSource, MergedBackend, ServiceRef, ServiceSelection, merge_service
 from meshcore.model import Affinity, Endpoint, EndpointPort, Frontend, Service
 from nodeagent.desired import DesiredLb, patch_order, stable_order
-from nodeagent.merge import CellSource, MergedBackend, ServiceRef, merge_service
-from nodeagent.selection import ServiceSelection
 
 REF = ServiceRef("shop", "cart")
 HOME = "home"

@@ -8,15 +8,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from meshcore.model import (
-    Affinity,
-    Endpoint,
-    EndpointPort,
-    Frontend,
-    Service,
-    parse_service_annotations,
-)
-from nodeagent.merge import (
+from meshcore.lbpolicy import (
     SELECTED_REASONS,
     BackendState,
     CellSource,
@@ -28,6 +20,14 @@ from nodeagent.merge import (
     match_port,
     merge_service,
     select_backends,
+)
+from meshcore.model import (
+    Affinity,
+    Endpoint,
+    EndpointPort,
+    Frontend,
+    Service,
+    parse_service_annotations,
 )
 
 REF = ServiceRef("shop", "cart")

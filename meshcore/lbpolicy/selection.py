@@ -3,11 +3,12 @@
 Flow: the agent builds a selection when a service record (of any cell) or a cell's state changes
 (`build`: O(endpoints)); an endpoint change then goes through `update`, which per frontend swaps
 the endpoint's candidate, adjusts the counts per (state, local), re-chooses the pool (O(1)) and
-returns what entered and left the selection, for `DesiredLb.update_frontend`. Only when the pool
-itself changes (the last active backend left, affinity spilled over or back) is a frontend's
-selection recomputed whole. The rules are `merge`'s own helpers; `merge_service` stays the full
-explanation (`meshctl explain`), and the tests hold both equal after random change sequences.
-Pure: no IO.
+returns what entered and left the selection (for the agent's desired LB state). Only when the
+pool itself changes (the last active backend left, affinity spilled over or back) is a
+frontend's selection recomputed whole. The rules are `merge`'s own helpers; `merge_service`
+stays the full explanation (`meshctl explain`), and the tests hold both equal after random
+change sequences.
+Pure: no IO, no asyncio.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meshcore.model.records import Affinity, Endpoint, Frontend, Service
-from nodeagent.merge import (
+from meshcore.lbpolicy.merge import (
     BackendState,
-    CellSource,
     MergedBackend,
     Pool,
-    ServiceRef,
     check_sources,
     choose_pool,
     exclusion,
     in_pool,
     merged_backend,
 )
+from meshcore.lbpolicy.sources import CellSource, ServiceRef
+from meshcore.model.records import Affinity, Endpoint, Frontend, Service
 
 __all__ = ["FrontendDelta", "ServiceSelection"]
 

@@ -1,7 +1,8 @@
 """Merge one service's backends across cells: eligibility, port matching, health, affinity.
 
-Flow: per-cell watch caches (own cell + every peer, last-known-good) -> the caller groups a ref's
-service and endpoint records by cell into ``CellSource``s -> ``merge_service`` -> the maps writer.
+Flow: every cell's records and peer state -> ``cell_source`` (``sources``) groups a ref's
+service and endpoint records into one ``CellSource`` per contributing cell -> ``merge_service``
+-> the node agent's desired LB state, or ``meshctl explain``'s table.
 The local cell's service owns the VIPs and decides: not global -> its own backends only; global ->
 also the backends of every cell whose same-named service is global and shared. Each local frontend
 gets its selected backends (``select_backends``: health, then the local service's affinity) and a
@@ -18,25 +19,25 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
 
+from meshcore.lbpolicy.sources import CellSource, ServiceRef
 from meshcore.model.records import Affinity, Endpoint, EndpointPort, Frontend, Service
 
 __all__ = [
     "SELECTED_REASONS",
     "BackendDecision",
     "BackendState",
-    "CellSource",
     "Counts",
     "MergedBackend",
     "MergedFrontend",
     "MergedService",
     "Pool",
     "Reason",
-    "ServiceRef",
     "backend_state",
     "check_sources",
     "choose_pool",
     "count_candidates",
     "exclusion",
+    "frontend_label",
     "in_pool",
     "match_port",
     "merge_service",
@@ -45,31 +46,12 @@ __all__ = [
 ]
 
 
-class ServiceRef(NamedTuple):
-    """A service's identity across cells: same namespace and name means the same service."""
-
-    namespace: str
-    name: str
-
-
 class BackendState(StrEnum):
     """The health of a backend, from its endpoint's conditions."""
 
     ACTIVE = "active"  # ready and not terminating
     TERMINATING = "terminating"  # terminating and still serving
     UNHEALTHY = "unhealthy"  # anything else: never selected
-
-
-@dataclass(frozen=True)
-class CellSource:
-    """What one cell publishes for the ref being merged; the caller grouped it by ref."""
-
-    cell: str
-    cell_id: int
-    local: bool  # the agent's own cell
-    service: Service | None  # this cell's record for the ref, if any
-    endpoints: Mapping[str, Endpoint]  # keyed by address; keys are not read, only the records
-    stale: bool = False  # peer lost; its last-known-good state is still used
 
 
 @dataclass(frozen=True)
@@ -326,7 +308,8 @@ def exclusion(source: CellSource, local_service: Service) -> Reason | None:
     return None
 
 
-def _frontend_label(frontend: Frontend) -> str:
+def frontend_label(frontend: Frontend) -> str:
+    """``VIP:PORT/PROTOCOL``, the VIP in brackets when it is IPv6."""
     vip = f"[{frontend.vip}]" if frontend.vip.version == 6 else str(frontend.vip)
     return f"{vip}:{frontend.port}/{frontend.protocol}"
 
@@ -383,7 +366,7 @@ def _merge_frontend(
     for candidate in candidates:
         if candidate.address.version != frontend.vip.version:
             warnings.append(
-                f"frontend {_frontend_label(frontend)}: backend {candidate.address} of cell "
+                f"frontend {frontend_label(frontend)}: backend {candidate.address} of cell "
                 f"{candidate.cell!r} is IPv{candidate.address.version}; listed, but the datapath "
                 "may not reach it from this frontend"
             )

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-import e2e.commands
-import e2e.suite
+import meshctl.connectivity_commands
 
 
 def run(*args: str) -> Result:
-    return CliRunner().invoke(e2e.commands.connectivity_group, ["test", *args])
+    return CliRunner().invoke(meshctl.connectivity_commands.connectivity_group, ["test", *args])
 
 
 @pytest.mark.parametrize(
@@ -40,7 +39,7 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
 
 def test_a_lab_that_does_not_exist_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        e2e.commands.connectivity_group,
+        meshctl.connectivity_commands.connectivity_group,
         ["test", "--multi-cluster", "--lab", "nosuchlab", "--test", "affinity"],
         obj=None,
     )

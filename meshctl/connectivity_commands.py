@@ -1,10 +1,12 @@
 """``meshctl connectivity test --multi-cluster``: run the suite and print the table or JSON.
 
-Flow: options -> the driver (the local lab: ``meshctl.lab.LabDriver(name, config_path)``, imported
-only when needed; a Kubernetes driver is future work) -> ``choose_cells`` (``--context`` /
-``--destination-context``, else the root ``--context``, else the driver's first two cells) ->
-``run_suite`` -> ``format_table`` or ``report_json`` on stdout, progress on stderr -> exit 0, or 1
-when a test failed or cleanup left something behind; bad options exit 2. Never a traceback.
+Flow: options -> the driver (the local lab: ``meshctl.lab.LabDriver(name, config_path)``, which
+resolves each cell's context for the suite; a Kubernetes driver is future work) ->
+``choose_cells`` (``--context`` / ``--destination-context``, else the root ``--context``, else
+the driver's first two cells) -> ``run_suite`` -> ``format_table`` or ``report_json`` on stdout,
+progress on stderr -> exit 0, or 1 when a test failed or cleanup left something behind; bad
+options exit 2. Never a traceback. The CLI sits above the suite: it imports ``e2e`` and hands it
+the driver; ``e2e`` never imports ``meshctl``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ import click
 
 from e2e import suite
 from e2e.driver import MeshDriver
-from e2e.report import Outcome, TestResult, exit_code, format_duration, format_table, report_json
+from e2e.report import (
+    Outcome,
+    SuiteReport,
+    TestResult,
+    exit_code,
+    format_duration,
+    report_json,
+    summary_line,
+)
 from e2e.suite import SuiteError, SuiteOptions, TestCase, choose_cells, run_suite, select_tests
 from meshctl.contexts import DEFAULT_CONFIG_PATH, ContextSelection
+from meshctl.lab import LabDriver
+from meshctl.output import format_table as format_rows
 from meshctl.output import output_option
 
-__all__ = ["DEFAULT_LAB", "connectivity_group"]
+__all__ = ["DEFAULT_LAB", "connectivity_group", "format_table", "make_lab_driver"]
 
 DEFAULT_LAB = "lab"
 
@@ -36,16 +48,33 @@ def _selection(click_ctx: click.Context) -> ContextSelection:
 def make_lab_driver(name: str, config_path: Path) -> MeshDriver:
     """The local lab's driver; ClickException when the lab is not there."""
     try:
-        from meshctl.lab import LabDriver
-    except ImportError as e:
-        raise click.ClickException(
-            f"the lab driver is not available (meshctl.lab.LabDriver: {e})"
-        ) from e
-    try:
         driver: MeshDriver = LabDriver(name, config_path)
     except Exception as e:  # the lab's own errors say what is missing
         raise click.ClickException(f"lab {name!r}: {e} (is it up? `meshctl lab up`)") from e
     return driver
+
+
+def format_table(report: SuiteReport) -> str:
+    """The TEST / RESULT / DURATION / DETAIL table, cleanup problems, then the summary line."""
+    rows = [
+        (
+            r.name,
+            r.outcome.value,
+            "-" if r.outcome is Outcome.SKIPPED else format_duration(r.duration),
+            " ".join(r.detail.split()),  # one row per test, whatever the detail holds
+        )
+        for r in report.results
+    ]
+    lines = [
+        f"Connectivity test: clients in cell {report.source!r}, "
+        f"destination cell {report.destination!r}",
+        "",
+        format_rows(("TEST", "RESULT", "DURATION", "DETAIL"), rows),
+        "",
+    ]
+    lines += [f"cleanup: {error}" for error in report.cleanup_errors]
+    lines.append(summary_line(report))
+    return "\n".join(lines)
 
 
 @click.group("connectivity")

@@ -69,7 +69,9 @@ from meshcore.model.records import EndpointPort
 from meshcore.model.records import Frontend as RecordFrontend
 from meshcore.watch.listwatch import Change, ListWatcher
 from nodeagent.agent import Agent, AgentConfig, Histogram
+from nodeagent.core import AgentCore
 from nodeagent.desired import DesiredLb
+from nodeagent.meshview import PeerTarget
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECT = REPO / "bpf" / "sock_lb.o"
@@ -352,17 +354,36 @@ class TimedDesiredLb(DesiredLb):
             self.set_cpu += time.thread_time() - start
 
 
-class TimedAgent(Agent):
-    """`Agent` adding up its loop's CPU (thread time): whole rounds, their merge step (merge
-    and desired state), and the desired-state part alone."""
+class TimedCore(AgentCore):
+    """`AgentCore` adding up the CPU (thread time) of its merge step (merge and the deltas for
+    the desired state)."""
 
-    round_cpu: float = 0.0
     merge_cpu: float = 0.0
 
+    def merge(self) -> None:
+        start = time.thread_time()
+        try:
+            super().merge()
+        finally:
+            self.merge_cpu += time.thread_time() - start
+
+
+class TimedAgent(Agent):
+    """`Agent` adding up its loop's CPU (thread time): whole rounds, their merge step (the core's
+    merge, and the desired state's part, `TimedDesiredLb`)."""
+
+    round_cpu: float = 0.0
+
     def __init__(self, config: AgentConfig, *, maps: StampedLbMaps) -> None:
-        super().__init__(config, maps=maps)
-        # Swapped before start (nothing computed yet); agent and reconciler share it, as before.
-        self.desired = self.reconciler.desired = TimedDesiredLb()
+        own = PeerTarget(config.cell, None, config.meshapi, config.server_name)
+        self.timed_core = TimedCore(config.core(), own)
+        self.timed_desired = TimedDesiredLb()
+        super().__init__(config, maps=maps, desired=self.timed_desired, core=self.timed_core)
+
+    @property
+    def merge_cpu(self) -> float:
+        """The core's merge plus landing its deltas in the desired state."""
+        return self.timed_core.merge_cpu + self.timed_desired.set_cpu
 
     async def round(self) -> None:
         start = time.thread_time()
@@ -370,13 +391,6 @@ class TimedAgent(Agent):
             await super().round()
         finally:
             self.round_cpu += time.thread_time() - start
-
-    def _merge_dirty(self) -> None:
-        start = time.thread_time()
-        try:
-            super()._merge_dirty()
-        finally:
-            self.merge_cpu += time.thread_time() - start
 
 
 class GcTime:
@@ -627,13 +641,12 @@ class Harness:
         """Cumulative CPU seconds (and counts) of this process and of the agent's parts."""
         agent, maps = self.agent, self.maps
         assert agent is not None
-        assert isinstance(agent.desired, TimedDesiredLb)
         return {
             "process": time.process_time(),
             "loop_thread": time.thread_time(),
             "rounds": agent.round_cpu,
             "merge": agent.merge_cpu,
-            "desired": agent.desired.set_cpu,
+            "desired": agent.timed_desired.set_cpu,
             "maps_apply": maps.apply_cpu,
             "gc": gc_time.seconds,
             "gc_full": gc_time.full,

@@ -1,14 +1,16 @@
-"""`Agent`: wires the node agent's stages (orchestration only; the logic lives in the stages).
+"""`Agent`: the node agent's asyncio shell around its pure core (`nodeagent.core.AgentCore`).
 
-Flow: own-cell `PeerWatcher` → its `CellCache` lists the connected peers → one `PeerWatcher` per
-peer, started and stopped live → caches report touched services, endpoints and nodes → a
-`ServiceSelection` per service, rebuilt on a service or cell-state change and updated per endpoint
-otherwise → `DesiredLb` → `Reconciler` → `LbMaps`; every other node (own cell and peers) → routes.
+Flow: one `PeerWatcher` per cell (own cell first; the core says which peers to start, stop and
+revoke) → their record changes are queued as (cell, `Change`) pairs → each round the loop hands
+the queue and every watcher's `WatchFacts` to `core.step(changes, facts, now, wall=...)` → the
+step's desired-state deltas land in the injected `DesiredLb` → the injected `Reconciler` writes
+the dirty keys to `LbMaps` → the routes (every other node, own cell and peers) go to the
+`RouteProgrammer`. The core owns the `MeshView` (every cell's records and peer state); status
+and `/status` read `view.status()`.
 
-Loop (`_loop`): woken by any change or a tick; each round evaluates peer states (stale,
-revoked), rebuilds the touched services, feeds the changed endpoints to their selections (O(1)
-each), runs one reconcile pass, releases the delete gate once every source has synced (or the
-sync timeout passed), and now and then runs a full repair pass.
+Loop (`_loop`): woken by any change or a tick; each round steps the core, carries out its
+decisions (watchers, delete gate), runs one reconcile pass, now and then a full repair pass, and
+observes the propagation latency of the changes whose writes all landed.
 """
 
 from __future__ import annotations
@@ -25,24 +27,26 @@ from typing import Protocol
 import structlog
 
 from bpf.lbmaps import LbMaps
-from meshcore.lbpolicy import (
-    CellSource,
-    MergedService,
-    ServiceRef,
-    ServiceSelection,
-    cell_source,
-    merge_service,
-)
-from meshcore.model import CellConfig, Peer, RecordError, check_cells_distinct
+from meshcore.lbpolicy import MergedService, ServiceRef, ServiceSelection
+from meshcore.model import CellConfig
+from meshcore.watch.change import Change
 from meshcore.watch.listwatch import BACKOFF
-from nodeagent.cellcache import CellCache, Touched
-from nodeagent.desired import DesiredLb, routes_for_nodes
-from nodeagent.peers import ConfigRefused, PeerState, PeerTarget, PeerWatcher
+from nodeagent.core import AgentCore, CoreConfig, StepResult, WatchFacts, apply_desired
+from nodeagent.desired import DesiredLb
+from nodeagent.meshview import CellView, MeshView, PeerTarget
+from nodeagent.peers import PeerWatcher
 from nodeagent.reconciler import Reconciler
 
 log = structlog.get_logger("nodeagent.agent")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ReconcilerFactory = Callable[[LbMaps, DesiredLb, Callable[[], float]], Reconciler]
+"""Builds the agent's reconciler from its maps, its desired state and its clock."""
+
+
+def default_reconciler(maps: LbMaps, desired: DesiredLb, clock: Callable[[], float]) -> Reconciler:
+    return Reconciler(maps, desired, clock=clock)
 
 
 class RouteSyncResult(Protocol):
@@ -70,6 +74,15 @@ class AgentConfig:
     tick: float = 0.5
     backoff: tuple[float, ...] = BACKOFF  # reconnect delays per peer, the last one repeats
 
+    def core(self) -> CoreConfig:
+        return CoreConfig(
+            cell=self.cell,
+            node=self.node,
+            stale_ttl=self.stale_ttl,
+            sync_timeout=self.sync_timeout,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
+
 
 @dataclass
 class Histogram:
@@ -87,12 +100,12 @@ class Histogram:
 
 @dataclass
 class AgentStats:
-    merges: int = 0  # whole-service builds
-    endpoint_updates: int = 0  # endpoint changes fed to a selection
     rounds: int = 0
     propagation: Histogram = field(default_factory=Histogram)
     route_errors: int = 0
     last_route_error: str = ""
+    merges: int = 0  # whole-service builds (the core's count, after each round)
+    endpoint_updates: int = 0  # endpoint changes fed to a selection (likewise)
 
 
 class Agent:
@@ -103,33 +116,45 @@ class Agent:
         maps: LbMaps,
         routes: RouteProgrammer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        desired: DesiredLb | None = None,
+        reconciler: ReconcilerFactory = default_reconciler,
+        core: AgentCore | None = None,
     ) -> None:
         self.config = config
         self.maps = maps
         self.routes = routes
-        self.desired = DesiredLb()
-        self.reconciler = Reconciler(maps, self.desired, clock=clock)
+        self.desired = desired if desired is not None else DesiredLb()
+        self.reconciler = reconciler(maps, self.desired, clock)
+        own = PeerTarget(config.cell, None, config.meshapi, config.server_name)
+        self.core = core if core is not None else AgentCore(config.core(), own)
         self.stats = AgentStats()
-        self.selections: dict[ServiceRef, ServiceSelection] = {}
         self.watchers: dict[str, PeerWatcher] = {}
-        self.gone: dict[str, PeerWatcher] = {}  # disconnected / revoked, for /status
+        self.gone: dict[str, PeerWatcher] = {}  # disconnected / revoked, for the tests' eyes
         self._clock = clock
+        self._wall_clock = wall_clock
         self._wake = asyncio.Event()
-        self._dirty: set[ServiceRef] = set()  # rebuild
-        self._dirty_endpoints: set[tuple[str, ServiceRef, str]] = set()  # cell, ref, address
-        self._nodes_dirty = False
-        self._peers_dirty = False
+        self._changes: list[tuple[PeerWatcher, Change]] = []
         self._pending_latency: list[float] = []
-        self._started = 0.0
         self._last_repair = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
-        self.own = self._watcher(PeerTarget(config.cell, None, config.meshapi, config.server_name))
+        self.own = self._watcher(self.core.view.own)
+
+    @property
+    def view(self) -> MeshView:
+        """Every cell's records and peer state (read it; the core changes it)."""
+        return self.core.view
+
+    @property
+    def selections(self) -> dict[ServiceRef, ServiceSelection]:
+        return self.core.selections
 
     # lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._started = self._last_repair = self._clock()
+        self._last_repair = self._clock()
+        self.core.start(self._last_repair)
         self.reconciler.restore()
         self.own.start()
         self._task = asyncio.create_task(self._loop(), name="agent-loop")
@@ -145,53 +170,32 @@ class Agent:
         if self._stopping:  # revoked watchers still being stopped
             await asyncio.gather(*self._stopping, return_exceptions=True)
 
-    def _watcher(self, target: PeerTarget) -> PeerWatcher:
-        local = target.cell_id is None
-        cache = CellCache(target.cell, on_touch=self._touched)
-        return PeerWatcher(
+    def _watcher(self, view: CellView) -> PeerWatcher:
+        target = view.target
+        w: PeerWatcher
+
+        def on_change(change: Change) -> None:
+            self._changes.append((w, change))
+            self._wake.set()
+
+        w = PeerWatcher(
             target,
+            view=view,
             tls_dir=self.config.tls_dir,
-            cache=cache,
             check_config=lambda cfg: self._check_config(target, cfg),
-            local=local,
+            on_change=on_change,
             heartbeat_timeout=self.config.heartbeat_timeout,
             backoff=self.config.backoff,
             clock=self._clock,
         )
-
-    # inputs -----------------------------------------------------------------------------
-
-    def _touched(self, cell: str, touched: Touched) -> None:
-        self._dirty |= touched.services
-        self._dirty_endpoints.update((cell, ref, address) for ref, address in touched.endpoints)
-        if touched.nodes:
-            self._nodes_dirty = True
-        if touched.peers and cell == self.config.cell:
-            self._peers_dirty = True
-        if touched.heartbeat:
-            w = self.own if cell == self.config.cell else self.watchers.get(cell)
-            if w is not None:
-                w.note_heartbeat()
-        if touched.stamps:
-            now = time.time()
-            # Stamps older than an hour are replays of old state, not propagation.
-            self._pending_latency.extend(t for t in touched.stamps if 0 < now - t < 3600)
-        self._wake.set()
+        return w
 
     def _check_config(self, target: PeerTarget, cfg: CellConfig) -> None:
-        """A cell's config must match how it was connected and fit the rest of the mesh."""
-        if cfg.name != target.cell:
-            raise ConfigRefused(f"{target.address} serves cell {cfg.name!r}, not {target.cell!r}")
-        if target.cell_id is not None and cfg.id != target.cell_id:
-            raise ConfigRefused(
-                f"cell {cfg.name!r} has id {cfg.id}, but was connected with id {target.cell_id}"
-            )
-        for w in [self.own, *self.watchers.values()]:
-            if w.cell != target.cell and w.cache.config is not None:
-                try:
-                    check_cells_distinct(cfg, w.cache.config)
-                except RecordError as e:
-                    raise ConfigRefused(e.reason) from e
+        """At once, not through the queue: two cells connecting together must not both fit."""
+        self.core.view.check_config(target, cfg)
+
+    def _current(self, w: PeerWatcher) -> bool:
+        return w is self.own or self.watchers.get(w.cell) is w
 
     # the loop ---------------------------------------------------------------------------
 
@@ -209,170 +213,78 @@ class Agent:
                 log.exception("Agent round failed")
 
     async def round(self) -> None:
-        """One pass: peers, states, merge, reconcile, routes, gates."""
+        """One pass: step the core, carry out its decisions, reconcile, routes."""
         self.stats.rounds += 1
         now = self._clock()
-        if self._peers_dirty:
-            self._peers_dirty = False
-            await self._sync_peers()
-        self._evaluate_peers(now)
-        self._merge_dirty()
-        if self.reconciler.deletes_allowed is False and self._all_synced_or_timeout(now):
-            log.info("Every source synced (or sync timeout): deletes allowed")
+        queued, self._changes = self._changes, []
+        # A stopped (disconnected, revoked) watcher's late changes are not the cell's anymore.
+        changes = [(w.cell, change) for w, change in queued if self._current(w)]
+        facts = [w.facts() for w in [self.own, *self.watchers.values()]]
+        result = self.step(changes, facts, now)
+        await self._carry_out(result)
+        if result.allow_deletes:
             self.reconciler.allow_deletes()
         self.reconciler.sync()
         if now - self._last_repair >= self.config.repair_interval:
             self._last_repair = now
             self.reconciler.full_pass(reread=True)
+        self._pending_latency.extend(result.stamps)
         self._observe_latency()
-        if self._nodes_dirty and self.routes is not None:
-            self._nodes_dirty = False
-            await self._sync_routes()
+        if result.routes is not None and self.routes is not None:
+            await self._sync_routes(result.routes)
 
-    async def _sync_peers(self) -> None:
-        # Only the peers this cell watches: a unicast peer that reads us is not watched back.
-        peers = {name: p for name, p in self.own.cache.peers.items() if p.watch}
-        for name, w in list(self.watchers.items()):
-            peer = peers.get(name)
-            target = _target(peer) if peer else None
-            if target == w.target:
-                continue
+    def step(
+        self, changes: list[tuple[str, Change]], facts: list[WatchFacts], now: float
+    ) -> StepResult:
+        """The core's step, its desired-state deltas landed in the desired state."""
+        result = self.core.step(changes, facts, now, wall=self._wall_clock())
+        apply_desired(self.desired, result.desired)
+        self.stats.merges = self.core.stats.merges
+        self.stats.endpoint_updates = self.core.stats.endpoint_updates
+        return result
+
+    async def _carry_out(self, result: StepResult) -> None:
+        for name in result.stop:
+            w = self.watchers.pop(name)
+            self.gone[name] = w
             await w.stop()
-            del self.watchers[name]
-            self._drain(w, PeerState.DISCONNECTED)
-            log.info("Peer disconnected, drained", peer=name)
-        for name, peer in sorted(peers.items()):
-            if name not in self.watchers and name != self.config.cell:
-                w = self._watcher(_target(peer))
-                self.watchers[name] = w
-                self.gone.pop(name, None)
-                w.start()
-                log.info("Peer connected, watching", peer=name, address=peer.address)
-
-    def _drain(self, w: PeerWatcher, state: PeerState) -> None:
-        w.mark(state)
-        w.cache.drain()
-        self.gone[w.cell] = w
-        self._nodes_dirty = True
-
-    def _evaluate_peers(self, now: float) -> None:
-        self._evaluate(self.own, now)
-        ttl = self.config.stale_ttl
-        for name, w in list(self.watchers.items()):
-            state = self._evaluate(w, now)
-            stale_for = now - w.stale_since if w.stale_since is not None else 0.0
-            if ttl is not None and state is PeerState.STALE and stale_for >= ttl:
-                log.warning("Peer stale past its TTL: revoked", peer=name, ttl=ttl)
-                self._revoke(name, w)
-
-    def _evaluate(self, w: PeerWatcher, now: float) -> PeerState:
-        before = w.state
-        state = w.evaluate(now)
-        if state is not before:
-            # A cell's backends are merged with its state (stale flag; a revoked cell is left
-            # out until its fresh watcher synced), so its services are merged again.
-            self._dirty |= w.cache.services.keys() | w.cache.endpoints.keys()
-        return state
-
-    def _revoke(self, name: str, w: PeerWatcher) -> None:
-        # A fresh watcher relists from scratch when the peer comes back.
-        task = asyncio.create_task(w.stop(), name=f"stop-peer-{name}")
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
-        self._drain(w, PeerState.REVOKED)
-        fresh = self._watcher(w.target)
-        fresh.mark(PeerState.REVOKED)
-        self.watchers[name] = fresh
-        fresh.start()
-
-    def _source(self, w: PeerWatcher, ref: ServiceRef) -> CellSource | None:
-        """What ``w``'s cell contributes to ``ref`` now; None while it contributes nothing."""
-        cfg = w.cache.config
-        return cell_source(
-            cell=w.cell,
-            cell_id=cfg.id if cfg is not None else None,
-            local=w.local,
-            state=w.state,
-            service=w.cache.services.get(ref),
-            endpoints=w.cache.endpoints.get(ref, {}),
-        )
-
-    def _sources(self, ref: ServiceRef) -> dict[str, CellSource]:
-        sources = {}
-        for w in [self.own, *self.watchers.values()]:
-            source = self._source(w, ref)
-            if source is not None:
-                sources[w.cell] = source
-        return sources
+        for name in result.revoke:
+            # A fresh watcher relists from scratch when the peer comes back.
+            old = self.watchers[name]
+            task = asyncio.create_task(old.stop(), name=f"stop-peer-{name}")
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+            self.gone[name] = old
+            fresh = self._watcher(self.core.view.peers[name])
+            self.watchers[name] = fresh
+            fresh.start()
+        for target in result.start:
+            w = self._watcher(self.core.view.peers[target.cell])
+            self.watchers[target.cell] = w
+            self.gone.pop(target.cell, None)
+            w.start()
 
     def explain(self, ref: ServiceRef) -> MergedService | None:
         """The full merge of ``ref`` as this agent sees it now, with a decision per endpoint."""
-        return merge_service(ref, self._sources(ref))
-
-    def _merge_dirty(self) -> None:
-        if self.own.cache.config is None:
-            return  # our own cell first; the dirty sets wait
-        dirty, self._dirty = self._dirty, set()
-        endpoints, self._dirty_endpoints = self._dirty_endpoints, set()
-        for ref in dirty:
-            selection = ServiceSelection.build(ref, self._sources(ref))
-            self.stats.merges += 1
-            if selection is None:
-                self.selections.pop(ref, None)
-                self.desired.set_frontends(ref, None)
-            else:
-                self.selections[ref] = selection
-                self.desired.set_frontends(ref, selection.selected())
-        for cell, ref, address in endpoints:
-            selection = self.selections.get(ref)
-            w = self.own if cell == self.config.cell else self.watchers.get(cell)
-            if ref in dirty or selection is None or w is None:
-                continue  # rebuilt above, no local service, or the cell is gone (drained)
-            source = self._source(w, ref)
-            if source is None:
-                continue
-            self.stats.endpoint_updates += 1
-            endpoint = source.endpoints.get(address)
-            for delta in selection.update(source, address, endpoint):
-                self.desired.update_frontend(ref, delta.frontend, delta.added, delta.removed)
+        return self.core.explain(ref)
 
     def _observe_latency(self) -> None:
         """Record timestamp -> map write, for changes whose writes all landed."""
         if not self._pending_latency or self.reconciler.pending:
             return
-        now = time.time()
+        now = self._wall_clock()
         for stamp in self._pending_latency:
             self.stats.propagation.observe(max(0.0, now - stamp))
         self._pending_latency.clear()
 
-    def _all_synced_or_timeout(self, now: float) -> bool:
-        if now - self._started >= self.config.sync_timeout:
-            return True
-        if not self.own.synced_once or self._peers_dirty:
-            return False
-        return all(w.synced_once for w in self.watchers.values())
-
-    async def _sync_routes(self) -> None:
-        if not self.reconciler.deletes_allowed:
-            # A route sync deletes what is not desired: wait, like the maps, until every
-            # source has listed its nodes once (or the sync timeout passed).
-            self._nodes_dirty = True
-            return
-        # Every other node, of this cell and of the peers (direct node routes): this node's
-        # own pod CIDR is on its own links.
-        desired = routes_for_nodes(
-            n
-            for w in [self.own, *self.watchers.values()]
-            for n in w.cache.nodes.values()
-            if not (w is self.own and n.name == self.config.node)
-        )
+    async def _sync_routes(self, desired: Mapping[IPv4Network, IPv4Address]) -> None:
         assert self.routes is not None
         try:
             result = await asyncio.to_thread(self.routes.sync, desired)
         except Exception as e:
             self.stats.route_errors += 1
             self.stats.last_route_error = str(e)
-            self._nodes_dirty = True
+            self.core.retry_routes()
             log.warning("Route sync failed", error=str(e))
             return
         errors = result.errors
@@ -387,18 +299,4 @@ class Agent:
     # readiness --------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        if not self.own.synced_once:
-            return False, f"own cell {self.config.cell} not synced"
-        timed_out = self._clock() - self._started >= self.config.sync_timeout
-        for name, w in self.watchers.items():
-            # A peer that is down serves from its last-known-good state (stale) or not at all
-            # (revoked); either way, there is nothing to wait for.
-            if w.state in (PeerState.STALE, PeerState.REVOKED) or timed_out:
-                continue
-            if not w.synced_once:
-                return False, f"peer {name} not synced ({w.state})"
-        return True, "ready"
-
-
-def _target(peer: Peer) -> PeerTarget:
-    return PeerTarget(peer.name, peer.id, peer.address, peer.tls_server_name)
+        return self.core.ready(self._clock())

@@ -108,7 +108,7 @@ class AgentApp:
         assert self.agent is not None
         assert self.registrar is not None
         assert self._client is not None
-        own = self.agent.own
+        own = self.agent.view.own
         while True:
             try:
                 await self.registrar.reconcile(self._client, own.cache, synced=own.synced_once)

@@ -2,7 +2,7 @@
 
 Flow: a `ListWatcher` (meshcore.watch) streams a cell's records → `validate` checks each one
 against the cell (a peer may only speak for itself: `check_record_owner`) → `apply` indexes it by
-service / node and tells the agent what it touched. Nothing here does IO.
+service / node and returns what it touched (`Touched`). Nothing here does IO.
 
 Deletes of a kind are **gated on that kind's sync canary**: while the cell has no canary for a
 kind (never had one, or its canary vanished in a relist after the peer's etcd was wiped) a delete
@@ -32,7 +32,7 @@ from meshcore.model import (
     check_record_owner,
     kind_of_key,
 )
-from meshcore.watch.listwatch import Change
+from meshcore.watch.change import Change
 
 # Kinds whose deletes wait for the kind's canary (the cell's own config and heartbeat are
 # singletons that never shrink a backend set).
@@ -91,11 +91,13 @@ class CellCache:
 
     # changes ----------------------------------------------------------------------------
 
-    def apply(self, change: Change) -> None:
+    def apply(self, change: Change) -> Touched:
+        """Apply one change; what it touched (also given to ``on_touch``, if any)."""
         touched = Touched()
         self._apply(change, touched)
         if touched and self._on_touch is not None:
             self._on_touch(self.cell, touched)
+        return touched
 
     def _apply(self, change: Change, touched: Touched) -> None:
         self.stats.applied += 1

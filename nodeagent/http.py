@@ -1,7 +1,8 @@
 """HTTP side of the node agent (aiohttp): /healthz, /readyz, /metrics (Prometheus), /status.
 
-Everything is read from the stages' own counters at request time (a custom collector), so the
-numbers cannot drift from what the agent does.
+Everything is read at request time (a custom collector): the cells from the agent's
+`MeshView.status()`, the maps from the reconciler's counters, so the numbers cannot drift from
+what the agent does.
 """
 
 from __future__ import annotations
@@ -23,41 +24,46 @@ from prometheus_client.registry import Collector
 
 from bpf.lbmaps import MAP_SHAPES
 from nodeagent.agent import Agent
-from nodeagent.peers import PeerState, PeerWatcher
+from nodeagent.meshview import CellStatus, PeerState
+from nodeagent.peers import PeerWatcher
 from nodeagent.report import peer_report
 
 LB_MAPS = tuple(MAP_SHAPES)
 
 
-def peer_status(w: PeerWatcher, now: float) -> dict[str, Any]:
+def cell_status(cell: CellStatus) -> dict[str, Any]:
     """The cell's `PeerReport` (what `meshctl status` sees) plus the watcher's internals."""
-    report = peer_report(w, now)
-    watcher = w.watcher
+    report = peer_report(cell)
     return {
         **report.model_dump(mode="json", exclude={"error_class"}),
-        "address": w.target.address,
-        "last_error": w.last_error,  # whole: the record cuts it
+        "address": cell.address,
+        "last_error": cell.last_error,  # whole: the record cuts it
         "last_error_class": report.error_class or None,
-        "synced_kinds": sorted(str(k) for k in w.cache.synced_kinds),
-        "held_deletes": w.cache.held_deletes,
-        "bad_records": dict(watcher.stats.bad_records) if watcher else {},
-        "listings": watcher.stats.listings if watcher else 0,
+        "synced_kinds": cell.synced_kinds,
+        "held_deletes": cell.held_deletes,
+        "bad_records": cell.bad_records,
+        "listings": cell.listings,
     }
 
 
+def peer_status(w: PeerWatcher, now: float) -> dict[str, Any]:
+    """`cell_status` of one watcher's cell (``now`` on the agent's monotonic clock)."""
+    return cell_status(w.status(now))
+
+
 def status_document(agent: Agent) -> dict[str, Any]:
-    now = agent.now()
     ready, reason = agent.ready()
     rec = agent.reconciler
-    peers = {name: peer_status(w, now) for name, w in sorted(agent.watchers.items())}
-    for name, w in sorted(agent.gone.items()):
-        peers.setdefault(name, peer_status(w, now))
+    mesh = agent.view.status(agent.now())
+    peers = {name: cell_status(c) for name, c in sorted(mesh.peers.items())}
+    for name, c in mesh.gone.items():
+        peers.setdefault(name, cell_status(c))
     return {
         "cell": agent.config.cell,
         "node": agent.config.node,
         "ready": ready,
         "reason": reason,
-        "own": peer_status(agent.own, now),
+        "own": cell_status(mesh.own),
         "peers": peers,
         "services": len(agent.selections),
         "maps": {
@@ -86,13 +92,13 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         agent = self._agent
-        watchers = [agent.own, *agent.watchers.values()]
+        cells = agent.view.status(agent.now()).watched()
         state = GaugeMetricFamily(
             "nodeagent_peer_state", "1 for the peer's current state", labels=["peer", "state"]
         )
-        for w in watchers:
+        for c in cells:
             for s in PeerState:
-                state.add_metric([w.cell, str(s)], 1.0 if w.state is s else 0.0)
+                state.add_metric([c.cell, str(s)], 1.0 if c.state == s else 0.0)
         yield state
         events = CounterMetricFamily(
             "nodeagent_events_applied", "Record changes applied per peer", labels=["peer"]
@@ -100,11 +106,10 @@ class AgentCollector(Collector):
         bad = CounterMetricFamily(
             "nodeagent_bad_records", "Peer records dropped as invalid", labels=["peer", "kind"]
         )
-        for w in watchers:
-            events.add_metric([w.cell], w.cache.stats.applied)
-            if w.watcher is not None:
-                for kind, n in sorted(w.watcher.stats.bad_records.items()):
-                    bad.add_metric([w.cell, kind], n)
+        for c in cells:
+            events.add_metric([c.cell], c.applied)
+            for kind, n in sorted(c.bad_records.items()):
+                bad.add_metric([c.cell, kind], n)
         yield events
         yield bad
         hist = agent.stats.propagation

@@ -2,18 +2,17 @@
 
 Per cell: open an mTLS channel with the agent's certificate, fetch the cell's config and check it
 (`check_config`: name and id as connected, id unique, no pod or node CIDR overlapping), then run a
-`ListWatcher` into the cell's `CellCache` (which validates every record and gates deletes on the
-sync canaries). The watcher reconnects with capped exponential backoff and jitter, cut short by
-a TCP probe as soon as the peer is back, and resumes from its last revision; a refused config is
+`ListWatcher` whose changes go to `on_change` (the agent queues them for its core; without one,
+straight into the cell's `CellCache`, which validates every record and gates deletes on the sync
+canaries). The watcher reconnects with capped exponential backoff and jitter, cut short by a TCP
+probe as soon as the peer is back, and resumes from its last revision; a refused config is
 retried the same way.
 
-States: `connecting` → `syncing` → `ready`; `stale` when the stream is lost or the peer has shown
-no life for longer than the heartbeat timeout after the first sync (the cache keeps its
-last-known-good state). Life is the newer of the last heartbeat record and the last batch the
-stream delivered: a long listing is alive although its heartbeat is old. `revoked` after the
-opt-in stale TTL (cache drained); `disconnected` once stopped by a disconnect (drained).
-`evaluate(now)` derives the state; the agent calls it on every tick. Error classes come with the
-errors (`meshcore.errors.ErrorClass`), never from parsing their messages.
+The watcher is the IO shell of one cell: `facts()` is what it shows now (connected, streaming,
+synced, last batch, errors); the cell's records and peer state live in its `CellView`
+(`nodeagent.meshview`), which `nodeagent.core` evaluates (`evaluate_peer`: connecting → syncing
+→ ready, stale, revoked, disconnected). Error classes come with the errors
+(`meshcore.errors.ErrorClass`), never from parsing their messages.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import structlog
@@ -32,23 +29,20 @@ from meshcore.backoff import BACKOFF, backoff_delay, backoff_sleep
 from meshcore.client import MeshClient
 from meshcore.errors import LOST_CLASSES, ErrorClass, MeshApiError
 from meshcore.model import CellConfig
+from meshcore.watch.change import Change
 from meshcore.watch.listwatch import ListWatcher, WatchSource, WatchState
 from nodeagent.cellcache import CellCache
+from nodeagent.core import WatchFacts, evaluate_peer, observe
+from nodeagent.meshview import (
+    DROPPED_STATES,
+    CellStatus,
+    CellView,
+    ConfigRefused,
+    PeerState,
+    PeerTarget,
+)
 
 log = structlog.get_logger("nodeagent.peers")
-
-
-class PeerState(StrEnum):
-    CONNECTING = "connecting"
-    SYNCING = "syncing"
-    READY = "ready"
-    STALE = "stale"
-    REVOKED = "revoked"
-    DISCONNECTED = "disconnected"
-
-
-DROPPED_STATES: frozenset[str] = frozenset({PeerState.REVOKED, PeerState.DISCONNECTED})
-"""States whose cell contributes nothing to any merge (its cache is drained)."""
 
 
 __all__ = [
@@ -61,56 +55,75 @@ __all__ = [
 ]
 
 
-class ConfigRefused(Exception):
-    """The cell's config does not fit the mesh (wrong name or id, overlapping CIDRs)."""
-
-    error_class = ErrorClass.CONFIG
-
-
-@dataclass(frozen=True)
-class PeerTarget:
-    """Where and what a cell is: from the `--meshapi` flag (own) or a Peer record."""
-
-    cell: str
-    cell_id: int | None  # None: the agent's own cell (its id is learned from its config)
-    address: str
-    server_name: str | None = None
-
-
 class PeerWatcher:
     def __init__(
         self,
         target: PeerTarget,
         *,
         tls_dir: Path,
-        cache: CellCache,
         check_config: Callable[[CellConfig], None],
+        view: CellView | None = None,
+        on_change: Callable[[Change], None] | None = None,
         local: bool = False,
         heartbeat_timeout: float = 30.0,
         backoff: tuple[float, ...] = BACKOFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
-        self.cache = cache
-        self.local = local
+        self.view = view if view is not None else CellView(target, local=local)
         self._tls_dir = tls_dir
         self._check_config = check_config
+        self._on_change = on_change
         self._heartbeat_timeout = heartbeat_timeout
         self._backoff = backoff
         self._clock = clock
-        self.state = PeerState.CONNECTING
         self.watcher: ListWatcher | None = None
-        self.last_error = ""
-        self.last_error_class: ErrorClass | None = None
-        self.synced_once = False
-        self.stale_since: float | None = None
-        self.heartbeat_seen: float | None = None
+        self._synced = False
+        self._connect_errors = 0
+        self._connect_error = ""
+        self._connect_error_class: ErrorClass | None = None
         self._task: asyncio.Task[None] | None = None
         self._client: MeshClient | None = None
+
+    # the cell's view (records and state), as the core last evaluated it ------------------
 
     @property
     def cell(self) -> str:
         return self.target.cell
+
+    @property
+    def local(self) -> bool:
+        return self.view.local
+
+    @property
+    def cache(self) -> CellCache:
+        return self.view.cache
+
+    @property
+    def state(self) -> PeerState:
+        return self.view.state
+
+    @property
+    def synced_once(self) -> bool:
+        return self.view.synced_once
+
+    @property
+    def stale_since(self) -> float | None:
+        return self.view.stale_since
+
+    @property
+    def last_error(self) -> str:
+        return self.view.last_error
+
+    @last_error.setter
+    def last_error(self, message: str) -> None:
+        self.view.last_error = message
+
+    @property
+    def last_error_class(self) -> ErrorClass | None:
+        return self.view.last_error_class
+
+    # lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"peer-{self.cell}")
@@ -136,7 +149,7 @@ class PeerWatcher:
             try:
                 info = await client.get_cell()
                 self._check_config(info.config)
-                self.cache.config = info.config
+                self.view.cache.config = info.config
                 break
             except (ConfigRefused, MeshApiError) as e:
                 self._error(str(e), e.error_class)
@@ -155,77 +168,66 @@ class PeerWatcher:
     def make_watcher(
         self, source: WatchSource, *, probe: Callable[[], Awaitable[bool]] | None = None
     ) -> ListWatcher:
-        """The ListWatcher that feeds this cell's cache (on this watcher's clock)."""
+        """The ListWatcher that feeds this cell's changes (on this watcher's clock)."""
         return ListWatcher(
             source,
-            on_change=self.cache.apply,
-            on_synced=self._synced,
-            validate=self.cache.validate,
+            on_change=self._on_change or self._apply,
+            on_synced=self._note_synced,
+            validate=self.view.cache.validate,
             backoff=self._backoff,
             probe=probe,
             clock=self._clock,
         )
 
-    def _synced(self) -> None:
-        self.synced_once = True
-        log.info("Peer synced", peer=self.cell)
+    def _apply(self, change: Change) -> None:
+        """Without an agent: straight into the cell's view (a heartbeat noted at once)."""
+        if self.view.apply(change).heartbeat:
+            self.view.heartbeat_seen = self._clock()
+
+    def _note_synced(self) -> None:
+        self._synced = True
 
     def _error(self, message: str, cls: ErrorClass) -> None:
-        if message != self.last_error:
+        if message != self._connect_error:
             log.warning("Peer connection failed", peer=self.cell, error=message, cls=str(cls))
-        self.last_error = message
-        self.last_error_class = cls
+        self._connect_errors += 1
+        self._connect_error = message
+        self._connect_error_class = cls
 
-    def note_heartbeat(self) -> None:
-        self.heartbeat_seen = self._clock()
+    # what the watcher shows -------------------------------------------------------------
 
-    def heartbeat_age(self, now: float | None = None) -> float | None:
-        if self.heartbeat_seen is None:
-            return None
-        return (self._clock() if now is None else now) - self.heartbeat_seen
-
-    def liveness_age(self, now: float) -> float | None:
-        """Seconds since the peer last showed life: a heartbeat, or any batch its stream
-        delivered (a listing that takes longer than the heartbeat timeout is alive)."""
-        seen = [self.heartbeat_seen]
-        if self.watcher is not None:
-            seen.append(self.watcher.last_batch_at)
-        times = [t for t in seen if t is not None]
-        return now - max(times) if times else None
+    def facts(self) -> WatchFacts:
+        """What this cell's watcher shows now, for the core."""
+        watcher = self.watcher
+        stats = watcher.stats if watcher is not None else None
+        return WatchFacts(
+            cell=self.cell,
+            connected=watcher is not None,
+            streaming=watcher is not None
+            and watcher.state in (WatchState.WATCHING, WatchState.LISTING),
+            synced=self._synced,
+            last_batch_at=watcher.last_batch_at if watcher is not None else None,
+            revision=watcher.revision if watcher is not None else 0,
+            listings=stats.listings if stats is not None else 0,
+            bad_records=tuple(sorted(stats.bad_records.items())) if stats is not None else (),
+            stream_error=stats.last_error if stats is not None else "",
+            stream_error_class=(
+                ErrorClass(stats.last_error_class)
+                if stats is not None and stats.last_error
+                else None
+            ),
+            connect_errors=self._connect_errors,
+            connect_error=self._connect_error,
+            connect_error_class=self._connect_error_class,
+        )
 
     def evaluate(self, now: float | None = None) -> PeerState:
-        """Derive the state from the watcher, the sync and the heartbeat age."""
-        if self.state is PeerState.DISCONNECTED:
-            return self.state
-        if self.state is PeerState.REVOKED and not self.synced_once:
-            return self.state  # a revoked peer's fresh watcher: revoked until it synced again
+        """Without an agent: take the facts into the view and derive the state."""
+        observe(self.view, self.facts())
         now = self._clock() if now is None else now
-        watcher = self.watcher
-        if watcher is not None and watcher.stats.last_error:
-            self.last_error = watcher.stats.last_error
-            self.last_error_class = ErrorClass(watcher.stats.last_error_class)
-        # Connected and delivering: watching, or (re)listing with batches arriving.
-        streaming = watcher is not None and watcher.state in (
-            WatchState.WATCHING,
-            WatchState.LISTING,
-        )
-        age = self.liveness_age(now)
-        fresh = age is None or age <= self._heartbeat_timeout
-        if not self.synced_once:
-            state = PeerState.SYNCING if watcher is not None else PeerState.CONNECTING
-        elif streaming and fresh:
-            state = PeerState.READY
-        else:
-            state = PeerState.STALE
-        if state is PeerState.STALE:
-            if self.stale_since is None:
-                self.stale_since = now
-                log.warning("Peer stale, keeping its last-known-good state", peer=self.cell)
-        else:
-            self.stale_since = None
-        self.state = state
-        return state
+        return evaluate_peer(self.view, now, self._heartbeat_timeout)
 
-    def mark(self, state: PeerState) -> None:
-        """Terminal states set by the agent (revoked, disconnected)."""
-        self.state = state
+    def status(self, now: float) -> CellStatus:
+        """The cell's status in plain values (the facts taken in first)."""
+        observe(self.view, self.facts())
+        return self.view.status(now)

@@ -1,6 +1,6 @@
 """The agent's status report: an `AgentStatus` record built from its watchers, and its publisher.
 
-Flow: `Agent` (own and peer `PeerWatcher`s, readiness, maps) -> `build_status` (pure reading, no
+Flow: `Agent` (its `MeshView.status()`, readiness, maps) -> `build_status` (pure reading, no
 IO) -> `StatusPublisher.run` writes it through the agent's own meshapi (an agent may write only its
 own node's status) every `AGENT_STATUS_INTERVAL` seconds, and within `poll` seconds after a peer
 state, sync or readiness change (`state_signature`). A failed write is logged and retried after
@@ -25,7 +25,7 @@ from meshcore.model import (
     Record,
 )
 from nodeagent.agent import Agent
-from nodeagent.peers import PeerWatcher
+from nodeagent.meshview import CellStatus
 
 log = structlog.get_logger("nodeagent.report")
 
@@ -36,35 +36,25 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
 
 
-def _reported_watchers(agent: Agent) -> list[PeerWatcher]:
-    """The own cell, every watched peer, and the peers gone since (disconnected, revoked)."""
-    watchers = {w.cell: w for w in agent.gone.values()}
-    watchers.update((w.cell, w) for w in agent.watchers.values())
-    watchers[agent.own.cell] = agent.own
-    return [watchers[cell] for cell in sorted(watchers)]
-
-
-def peer_report(w: PeerWatcher, now: float) -> PeerReport:
-    """One watched cell as the agent sees it (``now`` on the agent's monotonic clock)."""
-    age = w.heartbeat_age(now)
-    config = w.cache.config
+def peer_report(cell: CellStatus) -> PeerReport:
+    """One watched cell as the agent sees it."""
+    age = cell.heartbeat_age
     return PeerReport(
-        cell=w.cell,
-        cell_id=config.id if config is not None else w.target.cell_id,
-        local=w.local,
-        state=w.state.value,
-        synced=w.synced_once,
-        revision=w.watcher.revision if w.watcher is not None else 0,
-        counts=w.cache.kind_counts(),
-        last_error=_cut(w.last_error),
-        error_class=w.last_error_class.value if w.last_error_class else "",
+        cell=cell.cell,
+        cell_id=cell.cell_id,
+        local=cell.local,
+        state=cell.state,
+        synced=cell.synced,
+        revision=cell.revision,
+        counts=cell.counts,
+        last_error=_cut(cell.last_error),
+        error_class=cell.error_class,
         heartbeat_age=round(max(age, 0.0), 3) if age is not None else None,
     )
 
 
 def build_status(agent: Agent, *, wall_clock: Callable[[], float] = time.time) -> AgentStatus:
     """The agent's report now: readiness, a `PeerReport` per watched cell, its map sizes."""
-    now = agent.now()
     ready, reason = agent.ready()
     return AgentStatus(
         cell=agent.config.cell,
@@ -72,7 +62,7 @@ def build_status(agent: Agent, *, wall_clock: Callable[[], float] = time.time) -
         updated_at=wall_clock(),
         ready=ready,
         reason=_cut(reason),
-        peers=[peer_report(w, now) for w in _reported_watchers(agent)],
+        peers=[peer_report(c) for c in agent.view.status(agent.now()).reported()],
         services=len(agent.maps.state.services),
         backends=len(agent.maps.state.backends),
         full_maps={f.map_name: f.parked for f in agent.reconciler.full_maps()},
@@ -83,7 +73,8 @@ def state_signature(agent: Agent) -> Signature:
     """What, when it changes, is published at once: readiness, each cell's state and sync, and
     which maps are full."""
     ready, _ = agent.ready()
-    cells = tuple((w.cell, w.state.value, w.synced_once) for w in _reported_watchers(agent))
+    reported = agent.view.status(agent.now()).reported()
+    cells = tuple((c.cell, c.state, c.synced) for c in reported)
     full = tuple((f.map_name, "full", True) for f in agent.reconciler.full_maps())
     return ready, cells + full
 

@@ -28,6 +28,7 @@ from meshcore.errors import (
     ResumeUnavailable,
 )
 from meshcore.model import Kind, Record, RecordError, decode_record, kind_of_key, kind_prefix
+from meshcore.watch.change import Change
 from meshcore.wire import pb
 
 __all__ = ["BACKOFF", "RESUME_FAILURE_LIMIT", "Change", "ListWatcher", "WatchSource", "WatchState"]
@@ -54,16 +55,6 @@ class WatchState(StrEnum):
     LISTING = "listing"
     WATCHING = "watching"
     BACKOFF = "backoff"
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A change of the local copy: `record` is None for a delete."""
-
-    key: str
-    kind: Kind
-    record: Record | None
-    revision: int
 
 
 @dataclass

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from meshcore.model import CellConfig, Heartbeat, Kind, Record, encode_record
 from meshcore.wire import pb
-from nodeagent.cellcache import CellCache, Touched
 from nodeagent.peers import PeerState, PeerTarget, PeerWatcher
 from tests.conftest import wait_for
 from tests.meshapi.helpers import endpoint
@@ -58,22 +57,17 @@ def heartbeat(sequence: int) -> Heartbeat:
 
 async def test_long_listing_is_alive_and_idle_stream_goes_stale() -> None:
     clock = Clock()
-    w: PeerWatcher
-
-    def touched(cell: str, t: Touched) -> None:
-        if t.heartbeat:
-            w.note_heartbeat()
-
-    cache = CellCache("beta", on_touch=touched)
-    cache.config = CellConfig(name="beta", id=2, pod_cidrs=[ip_network("10.2.0.0/16")])
+    # Without an agent, the watcher applies its changes to its cell's view itself and notes a
+    # heartbeat on its clock.
     w = PeerWatcher(
         PeerTarget(cell="beta", cell_id=2, address="127.0.0.1:1"),
         tls_dir=Path("/nonexistent"),
-        cache=cache,
         check_config=lambda cfg: None,
         heartbeat_timeout=HEARTBEAT_TIMEOUT,
         clock=clock,
     )
+    cache = w.cache
+    cache.config = CellConfig(name="beta", id=2, pod_cidrs=[ip_network("10.2.0.0/16")])
     source = ScriptedSource()
     w.watcher = w.make_watcher(source)
     task = asyncio.create_task(w.watcher.run())

@@ -17,7 +17,6 @@ from pathlib import Path
 from certs import Role, issue_certificate
 from meshcore.client import ErrorClass, MeshClient
 from meshcore.watch.listwatch import BACKOFF
-from nodeagent.cellcache import CellCache
 from nodeagent.http import peer_status
 from nodeagent.peers import PeerState, PeerTarget, PeerWatcher
 from tests.conftest import Pki, http_get, wait_for
@@ -97,13 +96,12 @@ async def test_refused_certificate_is_reported_with_its_cause(
 
 
 async def test_relist_is_reported_as_resume_not_as_a_connection_error(mesh: Mesh, pki: Pki) -> None:
-    cache = CellCache("beta")
     w = PeerWatcher(
         PeerTarget(cell="beta", cell_id=mesh.beta.id, address=mesh.beta.address),
         tls_dir=pki.tls("alpha", Role.AGENT, node="a1"),
-        cache=cache,
         check_config=lambda cfg: None,
     )
+    cache = w.cache
     async with MeshClient(mesh.beta.address, pki.tls("alpha", Role.AGENT, node="a1")) as client:
         cache.config = (await client.get_cell()).config
         w.watcher = w.make_watcher(client)

@@ -54,8 +54,8 @@ from typing import Any
 from harness import BenchError, bench_main, interruptible, raise_on_sigterm
 
 from bpf.layout import IPPROTO_TCP
+from bpf.lbstate import BackendId, LbDiff
 from bpf.lbstate import Frontend as LbFrontend
-from bpf.lbstate import LbDiff
 from bpf.loader import SockLbLoader
 from bpf.pinned_maps import PinnedLbMaps
 from certs import Role, create_ca, issue_certificate
@@ -299,11 +299,11 @@ class StampedLbMaps(PinnedLbMaps):
 
     def __init__(self, maps_dir: Path, *, on_apply: Callable[[], None]) -> None:
         super().__init__(maps_dir)
-        self.landed: dict[str, float] = {}
+        self.landed_at: dict[str, float] = {}
         self.applies = 0
         self.diff_keys = 0  # backends + services of the applied diffs
         self.apply_cpu = 0.0
-        self._waiting: dict[int, str] = {}  # backend id -> address, until a service has it
+        self._waiting: dict[BackendId, str] = {}  # backend id -> address, until a service has it
         self._on_apply = on_apply
 
     def apply(self, diff: LbDiff) -> None:
@@ -320,7 +320,7 @@ class StampedLbMaps(PinnedLbMaps):
         if self._waiting and diff.services:
             entries = [e for e in diff.services.values() if e is not None]
             for bid in [b for b in self._waiting if any(b in e.backend_ids for e in entries)]:
-                self.landed.setdefault(self._waiting.pop(bid), now)
+                self.landed_at.setdefault(self._waiting.pop(bid), now)
         self._on_apply()
 
 
@@ -621,7 +621,7 @@ class Harness:
         }
 
     def in_service(self) -> int:
-        entry = self.maps.state.services.get(LbFrontend(IPv4Address(VIP), VIP_PORT, IPPROTO_TCP))
+        entry = self.maps.landed.services.get(LbFrontend(IPv4Address(VIP), VIP_PORT, IPPROTO_TCP))
         return len(entry.backend_ids) if entry is not None else 0
 
     async def change(self, n: int) -> tuple[float, float, float]:
@@ -629,13 +629,13 @@ class Harness:
         where = str(pod_address("beta", n))
         self.cells.conn.send(("add", n))
         await self.until(
-            lambda: where in self.maps.landed and where in self.seen,
+            lambda: where in self.maps.landed_at and where in self.seen,
             f"backend {where} in the maps and at the watcher",
         )
         _, written, t0, t1 = await self.writes.get("added", timeout=CHANGE_TIMEOUT)
         if written != where:
             raise BenchError(f"wrote {written}, expected {where}")
-        return self.maps.landed[where] - t0, self.seen[where] - t0, t1 - t0
+        return self.maps.landed_at[where] - t0, self.seen[where] - t0, t1 - t0
 
     def counters(self, gc_time: GcTime) -> dict[str, float]:
         """Cumulative CPU seconds (and counts) of this process and of the agent's parts."""

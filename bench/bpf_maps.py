@@ -51,7 +51,7 @@ from bpf.layout import (
     pack_rev_nat_id,
 )
 from bpf.lbmaps import MAP_SHAPES, LbMaps
-from bpf.lbstate import Frontend, LbDiff, ServiceEntry
+from bpf.lbstate import BackendId, Frontend, LbDiff, RevNatId, ServiceEntry
 from bpf.libbpf import check_syscall, lib
 from bpf.loader import SockLbLoader, libbpf_version
 from bpf.mapstore import StoreStats
@@ -85,13 +85,15 @@ def build_diff(n_backends: int, n_services: int) -> LbDiff:
     per = n_backends // n_services
     if n_backends + 1 > BACKENDS_MAX or n_services * (per + 1) + 2 > SERVICES_MAX:
         raise BenchError(f"the maps hold {BACKENDS_MAX} backends, {SERVICES_MAX} service slots")
-    backends: dict[int, Lb4Backend | None] = {
-        i: Lb4Backend(IPv4Address(0x0A00_0000 + i), 8080, IPPROTO_TCP, cell_id=1 + i % CELLS)
+    backends: dict[BackendId, Lb4Backend | None] = {
+        BackendId(i): Lb4Backend(
+            IPv4Address(0x0A00_0000 + i), 8080, IPPROTO_TCP, cell_id=1 + i % CELLS
+        )
         for i in range(1, n_backends + 1)
     }
     services: dict[Frontend, ServiceEntry | None] = {
         Frontend(IPv4Address(0x7FC9_0000 + j), 80, IPPROTO_TCP): ServiceEntry(
-            j + 1, tuple(range(j * per + 1, (j + 1) * per + 1))
+            RevNatId(j + 1), tuple(BackendId(i) for i in range(j * per + 1, (j + 1) * per + 1))
         )
         for j in range(n_services)
     }
@@ -308,7 +310,7 @@ def bench_programming(
     figures["restore_s"] = round(timed(restored.restore), 4)
     if text != kept["single"][1].dump():
         raise BenchError("the batch and single instances hold different maps")
-    if restored.state.services != diff.services or restored.state.backends != diff.backends:
+    if restored.landed.services != diff.services or restored.landed.backends != diff.backends:
         raise BenchError("restore() does not give back the applied state")
     figures["dumps_equal"] = figures["restore_matches"] = True  # checked just above
     res.drop(*kept["single"])
@@ -435,8 +437,8 @@ def bench_connect(
     res: Resources, token: str, loader: SockLbLoader, maps: LbMaps, n: int, rounds: int
 ) -> dict[str, Any]:
     port = start_server(res)
-    bid = max(maps.state.backends) + 1
-    rev_nat_id = max(e.rev_nat_id for e in maps.state.services.values()) + 1
+    bid = BackendId(max(maps.landed.backends) + 1)
+    rev_nat_id = RevNatId(max(e.rev_nat_id for e in maps.landed.services.values()) + 1)
     backend = Lb4Backend(IPv4Address(LOOPBACK), port, IPPROTO_TCP, cell_id=1)
     maps.apply(
         LbDiff(

@@ -219,12 +219,12 @@ async def measure(
 
         def settled() -> bool:
             """Beta listed, every service merged whole, and the maps hold it (or are full)."""
-            want = agent.desired.state.services
+            want = agent.desired.wanted.services
             if observer.synced_at is None or len(want) < n_services or rec.pending:
                 return False
             if sum(len(e.backend_ids) for e in want.values()) < n_services * args.per_service:
                 return False
-            return bool(rec.full_maps()) or agent.maps.state == agent.desired.state
+            return bool(rec.full_maps()) or agent.maps.landed == agent.desired.wanted
 
         deadline = start + SYNC_TIMEOUT
         while not settled():
@@ -258,11 +258,11 @@ async def measure(
                 "entries": entries,
                 "expected_entries": expected,
                 "all_entries": entries == expected,
-                "services_in_maps": len(agent.maps.state.services),
+                "services_in_maps": len(agent.maps.landed.services),
                 "services_complete": sum(
                     1
-                    for f, e in agent.maps.state.services.items()
-                    if agent.desired.state.services.get(f) == e
+                    for f, e in agent.maps.landed.services.items()
+                    if agent.desired.wanted.services.get(f) == e
                 ),
                 "unreachable_service_entries": entries[SERVICES_MAP] - reachable,
                 "full_maps": {

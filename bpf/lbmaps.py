@@ -13,10 +13,10 @@ The agent thinks in services (a frontend and its ordered backend ids) and backen
 
 Every step is one batched syscall per map (chunks of `BATCH_MAX`). `apply` validates the whole
 diff before it writes anything: a bad diff raises `InvalidDiff` and never reaches the maps. When a
-write fails `apply` raises `LbMapsError`, and the in-memory view (`state`) holds only what surely
+write fails `apply` raises `LbMapsError`, and the in-memory view (`landed`) holds only what surely
 landed; a service caught half-written is dropped from the view (so the next diff rewrites it)
 while its backends stay protected from deletion. Retrying the same diff, or the diff between
-`state` and the desired state, converges.
+`landed` and the desired state (`DesiredLb.wanted`), converges.
 
 A full map (the kernel's E2BIG / ENOSPC) raises `MapFull`. Nothing the maps held before is
 deleted to make room, but what the refused write itself left behind is taken out again, so that
@@ -60,10 +60,12 @@ from bpf.lbstate import (
     REV_NAT_ID_MAX,
     SCOPE_NAMES,
     SLOTS_MAX,
+    BackendId,
     Frontend,
     LbDiff,
     LbState,
     MapContents,
+    RevNatId,
     ServiceEntry,
     decode_maps,
     format_dump,
@@ -141,16 +143,16 @@ class LbMaps:
 
     def _reset(self) -> None:
         self._view = LbState()
-        self._rev_nat: dict[int, Lb4ReverseNat] = {}
-        self._rev_nat_owner: dict[int, Frontend] = {}
+        self._rev_nat: dict[RevNatId, Lb4ReverseNat] = {}
+        self._rev_nat_owner: dict[RevNatId, Frontend] = {}
         # Backend ids each frontend's slots 1..count may hold (old and new while half-written).
-        self._possible: dict[Frontend, frozenset[int]] = {}
-        self._refs: Counter[int] = Counter()
+        self._possible: dict[Frontend, frozenset[BackendId]] = {}
+        self._refs: Counter[BackendId] = Counter()
         # Highest slot that may exist in the map per frontend; > count means stale slots.
         self._slots_high: dict[Frontend, int] = {}
         self._unclean: set[Frontend] = set()
-        self._pending_backends: set[int] = set()
-        self._pending_rev_nat: set[int] = set()
+        self._pending_backends: set[BackendId] = set()
+        self._pending_rev_nat: set[RevNatId] = set()
 
     def close(self) -> None:
         self.store.close()
@@ -180,15 +182,15 @@ class LbMaps:
     # public ---------------------------------------------------------------------------
 
     @property
-    def state(self) -> LbState:
-        """The view: what surely landed. Read-only for callers."""
+    def landed(self) -> LbState:
+        """What surely landed in the maps (the view). Read-only for callers."""
         return self._view
 
     def contents(self) -> MapContents:
         items = self.store.items
         return decode_maps(items(SERVICES_MAP), items(BACKENDS_MAP), items(REVERSE_NAT_MAP))
 
-    def backend_in_use(self, backend_id: int) -> bool:
+    def backend_in_use(self, backend_id: BackendId) -> bool:
         """Whether a service in the maps may still send connections to this backend."""
         return self._refs[backend_id] > 0
 
@@ -250,12 +252,12 @@ class LbMaps:
             if be.address.is_unspecified:
                 raise InvalidDiff(f"{where}: address 0.0.0.0")
 
-        def backend_exists(bid: int) -> bool:
+        def backend_exists(bid: BackendId) -> bool:
             if bid in diff.backends:
                 return diff.backends[bid] is not None
             return bid in self._view.backends
 
-        refs_delta: Counter[int] = Counter()
+        refs_delta: Counter[BackendId] = Counter()
         owners: dict[int, Frontend] = {}
         for fe, entry in diff.services.items():
             where = f"service {fe}"
@@ -501,7 +503,7 @@ class LbMaps:
                 self._pending_backends.discard(b)
                 del self._refs[b]
 
-    def _set_possible(self, fe: Frontend, ids: frozenset[int]) -> None:
+    def _set_possible(self, fe: Frontend, ids: frozenset[BackendId]) -> None:
         old = self._possible.pop(fe, frozenset())
         for b in old - ids:  # set differences in C; the loops cover the change only
             self._refs[b] -= 1

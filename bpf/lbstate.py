@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Final
+from typing import Final, NewType
 
 from bpf.layout import (
     IPPROTO_TCP,
@@ -26,6 +26,11 @@ from bpf.layout import (
     unpack_backend_id,
     unpack_rev_nat_id,
 )
+
+BackendId = NewType("BackendId", int)
+"""A backend's id: the backends map's key, and what a service's slots hold."""
+RevNatId = NewType("RevNatId", int)
+"""A frontend's reverse-NAT id: the reverse-NAT map's key, held by the service's master entry."""
 
 BACKEND_ID_MAX: Final = 0xFFFF_FFFF
 REV_NAT_ID_MAX: Final = 0xFFFF
@@ -63,15 +68,15 @@ class Frontend:
 class ServiceEntry:
     """What a frontend balances over: backend ids in slot order, and its reverse-NAT id."""
 
-    rev_nat_id: int
-    backend_ids: tuple[int, ...]
+    rev_nat_id: RevNatId
+    backend_ids: tuple[BackendId, ...]
     flags: int = 0
 
 
 @dataclass
 class LbState:
     services: dict[Frontend, ServiceEntry] = field(default_factory=dict)
-    backends: dict[int, Lb4Backend] = field(default_factory=dict)
+    backends: dict[BackendId, Lb4Backend] = field(default_factory=dict)
 
     def copy(self) -> LbState:
         return LbState(dict(self.services), dict(self.backends))
@@ -81,7 +86,7 @@ class LbState:
 class LbDiff:
     """Upserts and deletes (value None) of backends and services."""
 
-    backends: dict[int, Lb4Backend | None] = field(default_factory=dict)
+    backends: dict[BackendId, Lb4Backend | None] = field(default_factory=dict)
     services: dict[Frontend, ServiceEntry | None] = field(default_factory=dict)
 
     @classmethod
@@ -113,25 +118,26 @@ class MapService:
 
     frontend: Frontend
     count: int | None  # None: slots without a master entry (left by an interrupted write)
-    rev_nat_id: int
+    rev_nat_id: RevNatId
     flags: int
-    slots: dict[int, int]  # slot -> backend id
+    slots: dict[int, BackendId]  # slot -> backend id
 
     @property
-    def backend_ids(self) -> tuple[int, ...]:
+    def backend_ids(self) -> tuple[BackendId, ...]:
         """Backend ids of slots 1..count (0 where a slot is missing)."""
-        return tuple(self.slots.get(i, 0) for i in range(1, (self.count or 0) + 1))
+        missing = BackendId(0)
+        return tuple(self.slots.get(i, missing) for i in range(1, (self.count or 0) + 1))
 
     @property
-    def stale_slots(self) -> dict[int, int]:
+    def stale_slots(self) -> dict[int, BackendId]:
         return {s: b for s, b in self.slots.items() if s > (self.count or 0)}
 
 
 @dataclass(frozen=True)
 class MapContents:
     services: list[MapService]  # sorted by frontend
-    backends: dict[int, Lb4Backend]  # sorted by id
-    reverse_nat: dict[int, Lb4ReverseNat]  # sorted by id
+    backends: dict[BackendId, Lb4Backend]  # sorted by id
+    reverse_nat: dict[RevNatId, Lb4ReverseNat]  # sorted by id
 
 
 def decode_maps(
@@ -140,7 +146,7 @@ def decode_maps(
     reverse_nat: Iterable[tuple[bytes, bytes]],
 ) -> MapContents:
     masters: dict[Frontend, Lb4Service] = {}
-    slots: dict[Frontend, dict[int, int]] = {}
+    slots: dict[Frontend, dict[int, BackendId]] = {}
     for raw_key, raw_value in services:
         key = Lb4Key.unpack(raw_key)
         value = Lb4Service.unpack(raw_value)
@@ -148,7 +154,7 @@ def decode_maps(
         if key.slot == MASTER_SLOT:
             masters[fe] = value
         else:
-            slots.setdefault(fe, {})[key.slot] = value.backend_id
+            slots.setdefault(fe, {})[key.slot] = BackendId(value.backend_id)
     decoded = []
     for fe in sorted(masters.keys() | slots.keys()):
         master = masters.get(fe)
@@ -156,13 +162,13 @@ def decode_maps(
             MapService(
                 frontend=fe,
                 count=master.count if master else None,
-                rev_nat_id=master.rev_nat_id if master else 0,
+                rev_nat_id=RevNatId(master.rev_nat_id if master else 0),
                 flags=master.flags if master else 0,
                 slots=dict(sorted(slots.get(fe, {}).items())),
             )
         )
-    be = {unpack_backend_id(k): Lb4Backend.unpack(v) for k, v in backends}
-    rn = {unpack_rev_nat_id(k): Lb4ReverseNat.unpack(v) for k, v in reverse_nat}
+    be = {BackendId(unpack_backend_id(k)): Lb4Backend.unpack(v) for k, v in backends}
+    rn = {RevNatId(unpack_rev_nat_id(k)): Lb4ReverseNat.unpack(v) for k, v in reverse_nat}
     return MapContents(decoded, dict(sorted(be.items())), dict(sorted(rn.items())))
 
 

@@ -33,6 +33,7 @@ from meshcore.lbpolicy import (
 from meshcore.model import (
     AGENT_STATUS_STALE_AFTER,
     AgentStatus,
+    CellId,
     Endpoint,
     Frontend,
     Kind,
@@ -61,7 +62,7 @@ class CellView:
     """What one cell publishes for the service: its record (if any) and its endpoints."""
 
     cell: str
-    cell_id: int
+    cell_id: CellId
     service: Service | None
     endpoints: tuple[Endpoint, ...] = ()
 
@@ -223,14 +224,14 @@ def _missing(cell: str, failed: Mapping[str, str], config: str) -> str:
     )
 
 
-async def _read(ctx: Context, kinds: Sequence[Kind]) -> tuple[int, list[Any]]:
+async def _read(ctx: Context, kinds: Sequence[Kind]) -> tuple[CellId, list[Any]]:
     async with _client(ctx) as client:
         info = await client.get_cell()
         records, _ = await client.list(kinds)
     return info.config.id, [record for _, record in records]
 
 
-def _view(cell: str, cell_id: int, records: Sequence[Any], ref: ServiceRef) -> CellView:
+def _view(cell: str, cell_id: CellId, records: Sequence[Any], ref: ServiceRef) -> CellView:
     service = next(
         (r for r in records if isinstance(r, Service) and (r.namespace, r.name) == ref), None
     )

@@ -1,4 +1,5 @@
-"""`DesiredLb`: the load-balancer state the agent wants, kept incrementally per service.
+"""`DesiredLb`: the load-balancer state the agent wants, kept incrementally per service
+(`wanted`; what has landed in the maps is `LbMaps.landed`).
 
 Flow: a service's selection (`meshcore.lbpolicy.ServiceSelection`) → `set_frontends` (a whole
 service, on a rebuild) or `update_frontend` (what entered and left one frontend's selection) →
@@ -29,17 +30,27 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Final, cast
+from typing import Final, Generic, TypeVar, cast
 
 from bpf.layout import IPPROTO_TCP, IPPROTO_UDP, Lb4Backend
-from bpf.lbstate import BACKEND_ID_MAX, REV_NAT_ID_MAX, Frontend, LbState, ServiceEntry
+from bpf.lbstate import (
+    BACKEND_ID_MAX,
+    REV_NAT_ID_MAX,
+    BackendId,
+    Frontend,
+    LbState,
+    RevNatId,
+    ServiceEntry,
+)
 from meshcore.lbpolicy import MergedBackend, MergedService, ServiceRef
-from meshcore.model import Node
+from meshcore.model import CellId, Node
 from meshcore.model.records import Frontend as RecordFrontend
 
 PROTOCOLS: Final = {"TCP": IPPROTO_TCP, "UDP": IPPROTO_UDP}
 
 BackendKey = tuple[IPv4Address, int, int]  # address, port, protocol number
+
+Id = TypeVar("Id", bound=int)  # a backend id or a reverse-NAT id
 
 
 def routes_for_nodes(nodes: Iterable[Node]) -> dict[IPv4Network, IPv4Address]:
@@ -62,7 +73,7 @@ class IdsExhausted(RuntimeError):
     """No free backend or reverse-NAT id is left."""
 
 
-class _Ids:
+class _Ids(Generic[Id]):
     """Hand out ids 1..limit in increasing order, wrapping around past the limit.
 
     A freed id is not reused until the counter comes round again: the maps may still hold the
@@ -72,35 +83,35 @@ class _Ids:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used: set[int] = set()
+        self.used: set[Id] = set()
         self._next = 1
 
-    def take(self) -> int:
+    def take(self) -> Id:
         for _ in range(self.limit):
-            candidate = self._next
+            candidate = cast(Id, self._next)  # a NewType of int: the same int at run time
             self._next = self._next % self.limit + 1
             if candidate not in self.used:
                 self.used.add(candidate)
                 return candidate
         raise IdsExhausted(f"all {self.limit} ids are in use")
 
-    def adopt(self, value: int) -> None:
+    def adopt(self, value: Id) -> None:
         self.used.add(value)
         self._next = max(self._next, value % self.limit + 1)
 
-    def give_back(self, value: int) -> None:
+    def give_back(self, value: Id) -> None:
         self.used.discard(value)
 
 
-def stable_order(old: tuple[int, ...], new: Iterable[int]) -> tuple[int, ...]:
+def stable_order(old: tuple[Id, ...], new: Iterable[Id]) -> tuple[Id, ...]:
     """`new` ordered so that as many ids as possible keep their slot from `old`.
 
     Removed ids (and repeats in `old`) leave holes; added ids fill them first (in id order), then
     go last; remaining holes are filled by moving the last ids in. Each id appears once.
     """
     wanted = set(new)
-    kept: set[int] = set()
-    slots: list[int | None] = []
+    kept: set[Id] = set()
+    slots: list[Id | None] = []
     for b in old:
         if b in wanted and b not in kept:
             kept.add(b)
@@ -125,15 +136,13 @@ def stable_order(old: tuple[int, ...], new: Iterable[int]) -> tuple[int, ...]:
     return tuple(b for b in slots if b is not None)
 
 
-def patch_order(
-    old: tuple[int, ...], added: Iterable[int], removed: Iterable[int]
-) -> tuple[int, ...]:
+def patch_order(old: tuple[Id, ...], added: Iterable[Id], removed: Iterable[Id]) -> tuple[Id, ...]:
     """`stable_order(old, set(old) - removed | added)` in O(change) Python steps.
 
     For a small change to a large frontend: the copies and searches run in C. ``old`` holds
     each id once; ``added`` ids are not in ``old``.
     """
-    slots: list[int | None] = list(old)
+    slots: list[Id | None] = list(old)
     holes = []
     for b in set(removed):
         with contextlib.suppress(ValueError):
@@ -157,12 +166,12 @@ def patch_order(
             slots[i] = slots.pop()
     while slots and slots[-1] is None:
         slots.pop()
-    return tuple(cast(list[int], slots))
+    return tuple(cast(list[Id], slots))
 
 
 def restored_order(
-    restored: tuple[int, ...], current: tuple[int, ...], new: Iterable[int]
-) -> tuple[int, ...]:
+    restored: tuple[Id, ...], current: tuple[Id, ...], new: Iterable[Id]
+) -> tuple[Id, ...]:
     """`new` laid out on a restored frontend while sources are still arriving (pure).
 
     Ids of ``restored`` (the slots the maps held at start-up) come first, in their restored
@@ -171,7 +180,7 @@ def restored_order(
     restored backend in its slot, and new ones are written after them.
     """
     wanted = set(new)
-    placed: set[int] = set()
+    placed: set[Id] = set()
     order = []
     for b in (*restored, *current):
         if b in wanted and b not in placed:
@@ -190,20 +199,20 @@ class DesiredStats:
 
 class DesiredLb:
     def __init__(self) -> None:
-        self.state = LbState()
+        self.wanted = LbState()
         self.dirty_frontends: set[Frontend] = set()
-        self.dirty_backends: set[int] = set()
+        self.dirty_backends: set[BackendId] = set()
         self.stats = DesiredStats()
         self._frontends_of: dict[ServiceRef, set[Frontend]] = {}
         self._owner: dict[Frontend, ServiceRef] = {}
-        self._backend_ids: dict[BackendKey, int] = {}
-        self._backend_refs: Counter[int] = Counter()
-        self._rev_nat: dict[Frontend, int] = {}
+        self._backend_ids: dict[BackendKey, BackendId] = {}
+        self._backend_refs: Counter[BackendId] = Counter()
+        self._rev_nat: dict[Frontend, RevNatId] = {}
         # Slot order found in the maps at start-up, the base of a restored frontend's order
         # until `release_restored()` (every source synced once, or the sync timeout).
-        self._restored_order: dict[Frontend, tuple[int, ...]] = {}
-        self._ids = _Ids(BACKEND_ID_MAX)
-        self._rev_ids = _Ids(REV_NAT_ID_MAX)
+        self._restored_order: dict[Frontend, tuple[BackendId, ...]] = {}
+        self._ids: _Ids[BackendId] = _Ids(BACKEND_ID_MAX)
+        self._rev_ids: _Ids[RevNatId] = _Ids(REV_NAT_ID_MAX)
 
     def seed(self, restored: LbState) -> None:
         """Adopt the ids of a restored map state (call before the first `set_frontends`)."""
@@ -223,13 +232,13 @@ class DesiredLb:
         leave holes that the others fill with the fewest slot writes.
         """
         for fe, restored in self._restored_order.items():
-            entry = self.state.services.get(fe)
+            entry = self.wanted.services.get(fe)
             if entry is None:
                 continue
             have = held.get(fe)
             order = stable_order(have.backend_ids if have else restored, entry.backend_ids)
             if order != entry.backend_ids:
-                self.state.services[fe] = ServiceEntry(entry.rev_nat_id, order, entry.flags)
+                self.wanted.services[fe] = ServiceEntry(entry.rev_nat_id, order, entry.flags)
                 self.dirty_frontends.add(fe)
         self._restored_order.clear()
 
@@ -250,7 +259,7 @@ class DesiredLb:
         frontends: Iterable[tuple[RecordFrontend, Iterable[MergedBackend]]] | None,
     ) -> None:
         """Replace what ref contributes: its frontends and their selected backends."""
-        wanted: dict[Frontend, list[tuple[BackendKey, int]]] = {}
+        wanted: dict[Frontend, list[tuple[BackendKey, CellId]]] = {}
         for frontend, selected in frontends or ():
             fe = self._frontend(frontend)
             if fe is None:
@@ -288,10 +297,10 @@ class DesiredLb:
         out. A backend in both ``added`` and ``removed`` was updated in place (keeps its slot).
         """
         fe = self._frontend(frontend)
-        current = self.state.services.get(fe) if fe is not None else None
+        current = self.wanted.services.get(fe) if fe is not None else None
         if fe is None or current is None or self._owner.get(fe) != ref:
             return
-        wanted: dict[BackendKey, int] = {}
+        wanted: dict[BackendKey, CellId] = {}
         for b in added:
             key = self._backend_key(b)
             if key is not None:
@@ -318,7 +327,7 @@ class DesiredLb:
             order = restored_order(restored, current.backend_ids, kept.union(new_ids))
         for bid in gone_ids:
             self._unref(bid)
-        self.state.services[fe] = ServiceEntry(current.rev_nat_id, order, current.flags)
+        self.wanted.services[fe] = ServiceEntry(current.rev_nat_id, order, current.flags)
         self.dirty_frontends.add(fe)
 
     @staticmethod
@@ -335,14 +344,14 @@ class DesiredLb:
         return (backend.address, backend.port, PROTOCOLS[backend.protocol])
 
     def _set_frontend(
-        self, ref: ServiceRef, fe: Frontend, backends: list[tuple[BackendKey, int]]
+        self, ref: ServiceRef, fe: Frontend, backends: list[tuple[BackendKey, CellId]]
     ) -> None:
         self._owner[fe] = ref
         ids = []
         for key, cell_id in backends:
             bid = self._backend_id(key, cell_id)
             ids.append(bid)
-        current = self.state.services.get(fe)
+        current = self.wanted.services.get(fe)
         old_ids = current.backend_ids if current else ()
         new_ids = set(ids)
         for bid in new_ids.difference(old_ids):
@@ -359,21 +368,21 @@ class DesiredLb:
             order = restored_order(restored, old_ids, new_ids)
         entry = ServiceEntry(rev, order)
         if entry != current:
-            self.state.services[fe] = entry
+            self.wanted.services[fe] = entry
             self.dirty_frontends.add(fe)
 
-    def _backend_id(self, key: BackendKey, cell_id: int) -> int:
+    def _backend_id(self, key: BackendKey, cell_id: CellId) -> BackendId:
         bid = self._backend_ids.get(key)
         if bid is None:
             bid = self._backend_ids[key] = self._ids.take()
         value = Lb4Backend(key[0], key[1], key[2], cell_id=cell_id)
-        if self.state.backends.get(bid) != value:
-            self.state.backends[bid] = value
+        if self.wanted.backends.get(bid) != value:
+            self.wanted.backends[bid] = value
             self.dirty_backends.add(bid)
         return bid
 
     def _drop_frontend(self, fe: Frontend) -> None:
-        entry = self.state.services.pop(fe, None)
+        entry = self.wanted.services.pop(fe, None)
         self._owner.pop(fe, None)
         self.dirty_frontends.add(fe)
         rev = self._rev_nat.pop(fe, None)
@@ -383,19 +392,19 @@ class DesiredLb:
             for bid in set(entry.backend_ids):
                 self._unref(bid)
 
-    def _unref(self, bid: int) -> None:
+    def _unref(self, bid: BackendId) -> None:
         if self._backend_refs[bid] > 0:
             self._backend_refs[bid] -= 1
         if self._backend_refs[bid] > 0:
             return
         del self._backend_refs[bid]
-        be = self.state.backends.pop(bid, None)
+        be = self.wanted.backends.pop(bid, None)
         if be is not None:
             self._backend_ids.pop((be.address, be.port, be.proto), None)
         self._ids.give_back(bid)
         self.dirty_backends.add(bid)
 
-    def take_dirty(self) -> tuple[set[Frontend], set[int]]:
+    def take_dirty(self) -> tuple[set[Frontend], set[BackendId]]:
         fes, bids = self.dirty_frontends, self.dirty_backends
         self.dirty_frontends, self.dirty_backends = set(), set()
         return fes, bids

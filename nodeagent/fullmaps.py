@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import structlog
 
 from bpf.lbmaps import MapFull
-from bpf.lbstate import Frontend
+from bpf.lbstate import BackendId, Frontend
 
 log = structlog.get_logger("nodeagent.fullmaps")
 
-Key = Frontend | int  # a frontend, or a backend id
+Key = Frontend | BackendId  # a frontend, or a backend id
 MAP_FULL_RETRY = 60.0  # seconds between two probes of a full map when nothing left it
 
 

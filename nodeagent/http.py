@@ -67,8 +67,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "peers": peers,
         "services": len(agent.selections),
         "maps": {
-            "services": len(agent.maps.state.services),
-            "backends": len(agent.maps.state.backends),
+            "services": len(agent.maps.landed.services),
+            "backends": len(agent.maps.landed.backends),
             "deletes_allowed": rec.deletes_allowed,
             "pending": rec.pending,
             "applies": rec.stats.applies,
@@ -126,8 +126,8 @@ class AgentCollector(Collector):
             sum_value=hist.total,
         )
         entries = GaugeMetricFamily("nodeagent_map_entries", "LB map entries", labels=["map"])
-        entries.add_metric(["services"], len(agent.maps.state.services))
-        entries.add_metric(["backends"], len(agent.maps.state.backends))
+        entries.add_metric(["services"], len(agent.maps.landed.services))
+        entries.add_metric(["backends"], len(agent.maps.landed.backends))
         yield entries
         yield CounterMetricFamily(
             "nodeagent_map_write_failures", "Failed map writes", value=agent.reconciler.stats.failed

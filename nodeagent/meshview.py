@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from meshcore.errors import ErrorClass
 from meshcore.lbpolicy import CellSource, ServiceRef, cell_source
-from meshcore.model import CellConfig, Node, Peer, RecordError, check_cells_distinct
+from meshcore.model import CellConfig, CellId, Node, Peer, RecordError, check_cells_distinct
 from meshcore.watch.change import Change
 from nodeagent.cellcache import CellCache, Touched
 
@@ -59,7 +59,7 @@ class PeerTarget:
     """Where and what a cell is: from the `--meshapi` flag (own) or a Peer record."""
 
     cell: str
-    cell_id: int | None  # None: the agent's own cell (its id is learned from its config)
+    cell_id: CellId | None  # None: the agent's own cell (its id is learned from its config)
     address: str
     server_name: str | None = None
 
@@ -73,7 +73,7 @@ class CellStatus:
     """One cell as the agent sees it, in plain values (ages in seconds on the agent's clock)."""
 
     cell: str
-    cell_id: int | None
+    cell_id: CellId | None
     local: bool
     address: str
     state: str

@@ -1,10 +1,11 @@
 """`Reconciler`: make the BPF maps (`LbMaps`) hold the desired load-balancer state.
 
 Flow: `DesiredLb` marks the frontends and backends a change touched → `sync()` diffs just those
-keys against the maps' view and applies one batched `LbDiff`; a failed batch is retried key by
-key, and a key that still fails waits out its own backoff (`meshcore.backoff`: the shared
-delays, the last one repeating, no jitter) while the rest goes on. `full_pass()` diffs everything
-(after re-reading the maps when asked) and repairs drift.
+keys of what it wants (`DesiredLb.wanted`) against what landed (`LbMaps.landed`) and applies one
+batched `LbDiff`; a failed batch is retried key by key, and a key that still fails waits out its
+own backoff (`meshcore.backoff`: the shared delays, the last one repeating, no jitter) while the
+rest goes on. `full_pass()` diffs everything (after re-reading the maps when asked) and repairs
+drift.
 Bookkeeping changes only after the maps took the write (LbMaps' view).
 
 A full map (`MapFull`: the kernel refused an insert with E2BIG / ENOSPC) is a bounded condition,
@@ -28,7 +29,7 @@ import structlog
 
 from bpf.layout import SERVICES_MAP
 from bpf.lbmaps import InvalidDiff, LbMaps, LbMapsError, MapFull
-from bpf.lbstate import Frontend, LbDiff, LbState, ServiceEntry
+from bpf.lbstate import BackendId, Frontend, LbDiff, LbState, ServiceEntry
 from meshcore.backoff import BACKOFF, backoff_delay
 from nodeagent.desired import DesiredLb
 from nodeagent.fullmaps import MAP_FULL_RETRY, FullMap, FullMaps, Key
@@ -79,7 +80,7 @@ class Reconciler:
         self._clock = clock
         self._retry: dict[Key, _Retry] = {}
         self._deferred_frontends: set[Frontend] = set()
-        self._deferred_backends: set[int] = set()
+        self._deferred_backends: set[BackendId] = set()
         self.full = FullMaps(retry=map_full_retry)
         self._room_seen = self._room_made()
 
@@ -103,7 +104,7 @@ class Reconciler:
         self.deletes_allowed = True
         # Restored frontends kept their restored slots while the sources arrived; from now on
         # they are ordered the usual way, rebased on what the maps hold.
-        self.desired.release_restored(self.maps.state.services)
+        self.desired.release_restored(self.maps.landed.services)
         self.desired.dirty_frontends |= self._deferred_frontends
         self.desired.dirty_backends |= self._deferred_backends
         self._deferred_frontends.clear()
@@ -136,7 +137,7 @@ class Reconciler:
             self.maps.restore()
             # A service the maps hold but could not read back whole is not in the view.
             held = {svc.frontend for svc in self.maps.contents().services}
-        view, want = self.maps.state, self.desired.state
+        view, want = self.maps.landed, self.desired.wanted
         fes = {fe for fe in view.services.keys() | want.services.keys()
                if view.services.get(fe) != want.services.get(fe)}  # fmt: skip
         fes |= held - view.services.keys() - want.services.keys()
@@ -151,7 +152,7 @@ class Reconciler:
         self.stats.repaired += result.applied
         return result
 
-    def _reconcile(self, fes: Iterable[Frontend], bids: Iterable[int]) -> SyncResult:
+    def _reconcile(self, fes: Iterable[Frontend], bids: Iterable[BackendId]) -> SyncResult:
         fe_keys, bid_keys = self._skip_parked(set(fes), set(bids))
         diff, deletes = self._diff(fe_keys, bid_keys)
         # A key retried while the maps already match (or its delete is deferred) is done.
@@ -175,8 +176,10 @@ class Reconciler:
                 result.failed += r.failed
         return result
 
-    def _diff(self, fes: Iterable[Frontend], bids: Iterable[int]) -> tuple[LbDiff, set[int]]:
-        view, want = self.maps.state, self.desired.state
+    def _diff(
+        self, fes: Iterable[Frontend], bids: Iterable[BackendId]
+    ) -> tuple[LbDiff, set[BackendId]]:
+        view, want = self.maps.landed, self.desired.wanted
         diff = LbDiff()
         for fe in fes:
             target = want.services.get(fe)
@@ -201,11 +204,11 @@ class Reconciler:
                 # A delete is sent even when the view lacks the service (missing is fine): a
                 # half-written one is not in the view, and its slots keep its backends in use.
                 diff.services[fe] = target
-        deletes: set[int] = set()
+        deletes: set[BackendId] = set()
         # Backends a written service needs that the maps lack or hold differently: ids it
         # already had are in the view (a changed or failed one is in `bids` by its own key),
         # so only its new ids are looked at (set operations in C, not a pass over its slots).
-        needed: set[int] = set()
+        needed: set[BackendId] = set()
         for fe, e in diff.services.items():
             if e is not None:
                 had = view.services.get(fe)
@@ -252,7 +255,7 @@ class Reconciler:
     def _apply_each(self, diff: LbDiff, *, full: bool = False) -> SyncResult:
         """After a failed batch: one key at a time, so one bad key cannot hold up the rest."""
         result = SyncResult()
-        view, want = self.maps.state, self.desired.state
+        view, want = self.maps.landed, self.desired.wanted
         ups = {bid: be for bid, be in diff.backends.items() if be is not None}
         # After a full map, the new backends as one batch first: a batch refused for want of
         # room in the services map need not cost one apply per backend (250 000 of them at
@@ -341,11 +344,13 @@ class Reconciler:
             else:
                 self.desired.dirty_frontends.add(key)
 
-    def _skip_parked(self, fes: set[Frontend], bids: set[int]) -> tuple[set[Frontend], set[int]]:
+    def _skip_parked(
+        self, fes: set[Frontend], bids: set[BackendId]
+    ) -> tuple[set[Frontend], set[BackendId]]:
         """Leave parked keys out, except those now to be deleted (a delete makes room)."""
         if not len(self.full):
             return fes, bids
-        want = self.desired.state
+        want = self.desired.wanted
         for fe in [fe for fe in fes if self.full.waiting(fe)]:
             if fe in want.services:
                 fes.discard(fe)
@@ -364,7 +369,7 @@ class Reconciler:
         seen, self._room_seen = self._room_seen, made
         if not len(self.full):
             return
-        want = self.desired.state
+        want = self.desired.wanted
 
         def cost(key: Key) -> int:
             entry = want.services.get(key) if not isinstance(key, int) else None

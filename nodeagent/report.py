@@ -63,8 +63,8 @@ def build_status(agent: Agent, *, wall_clock: Callable[[], float] = time.time) -
         ready=ready,
         reason=_cut(reason),
         peers=[peer_report(c) for c in agent.view.status(agent.now()).reported()],
-        services=len(agent.maps.state.services),
-        backends=len(agent.maps.state.backends),
+        services=len(agent.maps.landed.services),
+        backends=len(agent.maps.landed.backends),
         full_maps={f.map_name: f.parked for f in agent.reconciler.full_maps()},
     )
 

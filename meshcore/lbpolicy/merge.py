@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
 
 from meshcore.lbpolicy.sources import CellSource, ServiceRef
+from meshcore.model.names import CellId
 from meshcore.model.records import Affinity, Endpoint, EndpointPort, Frontend, Service
 
 __all__ = [
@@ -59,7 +60,7 @@ class MergedBackend:
     """One backend of one frontend: an endpoint address and its port matched to the frontend."""
 
     cell: str
-    cell_id: int
+    cell_id: CellId
     address: IPv4Address | IPv6Address
     port: int
     protocol: str

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from meshcore.model.names import CellId
 from meshcore.model.records import Endpoint, Service
 
 __all__ = ["DROPPED_STATES", "STALE_STATE", "CellSource", "ServiceRef", "cell_source"]
@@ -35,7 +36,7 @@ class CellSource:
     """What one cell publishes for the ref being merged; the caller grouped it by ref."""
 
     cell: str
-    cell_id: int
+    cell_id: CellId
     local: bool  # the agent's own cell
     service: Service | None  # this cell's record for the ref, if any
     endpoints: Mapping[str, Endpoint]  # keyed by address; keys are not read, only the records
@@ -45,7 +46,7 @@ class CellSource:
 def cell_source(
     *,
     cell: str,
-    cell_id: int | None,
+    cell_id: CellId | None,
     local: bool,
     state: str,
     service: Service | None,

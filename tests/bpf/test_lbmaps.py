@@ -105,12 +105,12 @@ def test_fake_and_kernel_agree_over_random_diffs(real: PinnedLbMaps) -> None:
     for _ in range(25):
         desired = random_state(rng)
         for maps in (fake, real):
-            maps.apply(LbDiff.between(maps.state, desired))
-            assert maps.state == desired
+            maps.apply(LbDiff.between(maps.landed, desired))
+            assert maps.landed == desired
         assert real.dump() == fake.dump()
     # Converged: nothing left to write, and nothing is written.
     written = real.stats.entries_written
-    real.apply(LbDiff.between(real.state, desired))
+    real.apply(LbDiff.between(real.landed, desired))
     assert real.stats.entries_written == written
 
 
@@ -123,7 +123,7 @@ def test_restore_after_a_restart_gives_back_the_same_view(maps_dir: Path) -> Non
         assert second.restore() == desired
         assert second.dump() == dump
         # The restored view diffs to nothing against the same desired state.
-        assert len(LbDiff.between(second.state, desired)) == 0
+        assert len(LbDiff.between(second.landed, desired)) == 0
 
 
 def test_restore_queues_leftovers_of_an_interrupted_write_and_deletes_them_later() -> None:
@@ -218,13 +218,13 @@ def test_a_bad_diff_is_refused_whole_and_never_reaches_the_maps(
     real: PinnedLbMaps, diff: LbDiff, message: str
 ) -> None:
     real.apply(full(golden_state()))
-    before, view, written = real.dump(), real.state.copy(), real.stats.entries_written
+    before, view, written = real.dump(), real.landed.copy(), real.stats.entries_written
     # Each bad diff also carries a good part: nothing of it may land either.
     diff.backends[150] = be(150)
     with pytest.raises(InvalidDiff, match=message.replace("(", r"\(")):
         real.apply(diff)
     assert real.dump() == before
-    assert real.state == view
+    assert real.landed == view
     assert real.stats.entries_written == written
 
 
@@ -232,7 +232,7 @@ def test_deleting_a_backend_together_with_its_last_user_is_fine() -> None:
     fake = FakeLbMaps()
     fake.apply(full(golden_state()))
     fake.apply(LbDiff(services={fe(2, 53, IPPROTO_UDP): None}, backends={3: None}))
-    assert 3 not in fake.state.backends
+    assert 3 not in fake.landed.backends
     assert "10.2.0.3" not in fake.dump()
     assert "revnat 2 " not in fake.dump()
 
@@ -257,15 +257,15 @@ def test_random_failures_converge_and_never_expose_a_dangling_backend() -> None:
         desired = random_state(rng, n_services=20, n_backends=40)
         for _attempt in range(100):
             try:
-                faulty.apply(LbDiff.between(faulty.state, desired))
+                faulty.apply(LbDiff.between(faulty.landed, desired))
                 break
             except LbMapsError:
                 datapath_invariant(faulty)
         else:
             pytest.fail("did not converge in 100 attempts at p=0.3")
         datapath_invariant(faulty)
-        reference.apply(LbDiff.between(reference.state, desired))
-        assert faulty.state == desired
+        reference.apply(LbDiff.between(reference.landed, desired))
+        assert faulty.landed == desired
         assert faulty.dump() == reference.dump()
     assert faulty.faults > 20  # the faults did happen
     assert faulty.stats.failed_applies == faulty.faults
@@ -331,7 +331,7 @@ def test_a_full_map_is_an_error_not_a_crash() -> None:
     with pytest.raises(MapFull, match="map full") as caught:
         fake.apply(LbDiff(backends=dict(too_many)))
     assert (caught.value.map_name, caught.value.capacity) == (BACKENDS_MAP, 64)
-    assert fake.state.backends == {}
+    assert fake.landed.backends == {}
 
 
 def test_the_default_maps_hold_the_scale_test() -> None:

@@ -113,8 +113,8 @@ def test_the_engine_writes_the_same_maps_and_counts_over_every_store(store: MapS
     reference = FakeLbMaps(sizes=SMALL)
     for desired in small_states():
         for m in (maps, reference):
-            m.apply(LbDiff.between(m.state, desired))
-            assert m.state == desired
+            m.apply(LbDiff.between(m.landed, desired))
+            assert m.landed == desired
         assert maps.dump() == reference.dump()
         assert maps.stats.entries_written == reference.stats.entries_written
         assert maps.stats.entries_deleted == reference.stats.entries_deleted
@@ -134,7 +134,7 @@ def test_faulty_maps_write_through_the_inner_store_with_no_bookkeeping_of_their_
     assert faulty.stats.entries_written == inner.stats.entries_written == 17
     assert faulty.stats.batch_calls == inner.stats.batch_calls > 0
     assert faulty.dump() == inner.dump()
-    assert inner.state == LbState()  # the inner engine was never asked to do anything
+    assert inner.landed == LbState()  # the inner engine was never asked to do anything
     faulty.probability = 1.0
     with pytest.raises(LbMapsError, match="injected fault"):
         faulty.apply(LbDiff(backends={9: be(9)}))
@@ -151,14 +151,14 @@ def test_random_faults_over_the_kernel_maps_converge(loader: SockLbLoader) -> No
             desired = random_state(rng, n_services=15, n_backends=30)
             for _attempt in range(100):
                 try:
-                    faulty.apply(LbDiff.between(faulty.state, desired))
+                    faulty.apply(LbDiff.between(faulty.landed, desired))
                     break
                 except LbMapsError:
                     datapath_invariant(faulty)
             else:
                 pytest.fail("did not converge in 100 attempts at p=0.3")
-            reference.apply(LbDiff.between(reference.state, desired))
-            assert faulty.state == desired
+            reference.apply(LbDiff.between(reference.landed, desired))
+            assert faulty.landed == desired
             assert faulty.dump() == reference.dump()
         assert isinstance(faulty.store, FaultyMapStore)
         assert faulty.store.faults > 5

@@ -99,8 +99,8 @@ def lb_view(state: LbState) -> dict[str, set[tuple[str, int, int, int]]]:
 
 
 def check_desired_invariants(lb: DesiredLb) -> None:
-    used = {b for entry in lb.state.services.values() for b in entry.backend_ids}
-    assert used == set(lb.state.backends), "every backend used, every used backend known"
+    used = {b for entry in lb.wanted.services.values() for b in entry.backend_ids}
+    assert used == set(lb.wanted.backends), "every backend used, every used backend known"
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -152,7 +152,7 @@ def test_incremental_selection_and_desired_state_equal_a_full_merge(seed: int) -
             assert got == want, f"step {step}"
         full = DesiredLb()
         full.set_service(REF, merged)
-        assert lb_view(incremental.state) == lb_view(full.state), f"step {step}"
+        assert lb_view(incremental.wanted) == lb_view(full.wanted), f"step {step}"
         check_desired_invariants(incremental)
     assert rebuilds > 10, "the rebuild path was exercised"
     assert updates > 100, "the update path was exercised"
@@ -176,7 +176,7 @@ def test_an_update_in_place_keeps_the_backend_id_and_slot() -> None:
     assert selection is not None
     lb = DesiredLb()
     lb.set_frontends(REF, selection.selected())
-    before = dict(lb.state.services)
+    before = dict(lb.wanted.services)
     lb.take_dirty()
     address = "10.2.0.3"
     world.endpoints["east"][address] = world.endpoints["east"][address].model_copy(
@@ -185,7 +185,7 @@ def test_an_update_in_place_keeps_the_backend_id_and_slot() -> None:
     (delta,) = selection.update(world.source("east"), address, world.endpoints["east"][address])
     assert len(delta.added) == len(delta.removed) == 1  # changed: in both
     lb.update_frontend(REF, delta.frontend, delta.added, delta.removed)
-    assert lb.state.services == before  # same ids, same slots
+    assert lb.wanted.services == before  # same ids, same slots
     assert lb.take_dirty() == (set(), set())
 
 

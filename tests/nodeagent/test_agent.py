@@ -9,7 +9,6 @@ themselves, not the agent's view of them).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from ipaddress import IPv4Address
@@ -117,7 +116,7 @@ async def test_peer_endpoint_reaches_desired_state_and_maps_and_leaves_on_delete
     new = endpoint("beta", 7)
     await mesh.beta.write(puts=[new])
     await wait_for(lambda: addr("beta", 7) in served(agent.maps), what="new beta backend")
-    assert wanted(agent.desired.state) == served(agent.maps) == {**BOTH, addr("beta", 7): 2}
+    assert wanted(agent.desired.wanted) == served(agent.maps) == {**BOTH, addr("beta", 7): 2}
     assert f"{addr('beta', 7)}:8080/tcp cell=2 " in agent.maps.dump()
     merged = agent.explain(next(iter(agent.selections)))
     assert merged is not None
@@ -127,7 +126,7 @@ async def test_peer_endpoint_reaches_desired_state_and_maps_and_leaves_on_delete
 
     await mesh.beta.write(deletes=[new.key()])
     await wait_for(lambda: served(agent.maps) == BOTH, what="deleted beta backend gone")
-    assert wanted(agent.desired.state) == BOTH
+    assert wanted(agent.desired.wanted) == BOTH
     assert addr("beta", 7) not in agent.maps.dump()
     assert_no_orphans(agent.maps)
 
@@ -155,7 +154,7 @@ async def test_dead_peer_keeps_backends_and_resumes_without_stale_entries(
     await wait_for(lambda: beta.state is PeerState.READY, what="beta ready again")
     expected = {a: c for a, c in BOTH.items() if a != str(gone.address)}
     await wait_for(lambda: served(agent.maps) == expected, what="the delete applied")
-    assert wanted(agent.desired.state) == expected
+    assert wanted(agent.desired.wanted) == expected
     assert beta.watcher is not None
     assert beta.watcher.stats.listings == 1, "a restarted meshapi is resumed, not relisted"
     assert beta.cache.held_deletes == 0
@@ -210,7 +209,7 @@ async def test_wiped_peer_shrinks_nothing_before_its_new_sync_canary(
     await wait_for(rounds_later, what="a few agent rounds")
     assert agent.reconciler.deletes_allowed, "the hold is the canary's, not the start-up gate"
     assert served(maps) == BOTH
-    assert wanted(agent.desired.state) == BOTH
+    assert wanted(agent.desired.wanted) == BOTH
     assert all(seen == BOTH for seen in maps.observed), maps.observed
 
     await mesh.beta.release_canaries()
@@ -219,7 +218,7 @@ async def test_wiped_peer_shrinks_nothing_before_its_new_sync_canary(
     assert Kind.ENDPOINT in beta.cache.synced_kinds
     assert beta.cache.held_deletes == 0
     assert beta.state is PeerState.READY
-    assert wanted(agent.desired.state) == expected
+    assert wanted(agent.desired.wanted) == expected
     assert_no_orphans(maps)
 
 
@@ -238,7 +237,7 @@ async def test_disconnect_drains_the_peer_at_once(mesh: Mesh, agent_factory: Age
     assert beta.state is PeerState.DISCONNECTED
     assert not beta.cache.endpoints
     assert not beta.cache.services
-    assert wanted(agent.desired.state) == ALPHA
+    assert wanted(agent.desired.wanted) == ALPHA
     assert_no_orphans(agent.maps)
     # beta itself is fine: this was a disconnect, not an outage.
     assert mesh.beta.app is not None
@@ -248,29 +247,51 @@ async def test_disconnect_drains_the_peer_at_once(mesh: Mesh, agent_factory: Age
     assert served(agent.maps) == ALPHA
 
 
-async def test_stale_ttl_revokes_then_a_returning_peer_is_ready_again(
-    mesh: Mesh, agent_factory: AgentFactory
-) -> None:
-    agent = await agent_factory(stale_ttl=1.0)
-    await wait_for(lambda: served(agent.maps) == BOTH, what="initial backends")
-    loop = asyncio.get_running_loop()
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
 
-    await mesh.beta.stop()
-    await wait_for(lambda: beta_state(agent, PeerState.STALE), what="beta stale")
-    stale_at = loop.time()
-    assert served(agent.maps) == BOTH
-    await wait_for(lambda: beta_state(agent, PeerState.REVOKED), what="beta revoked", timeout=5)
-    assert loop.time() - stale_at >= 0.9, "revoked before the TTL"
-    await wait_for(lambda: served(agent.maps) == ALPHA, what="revoked backends removed")
-    assert agent.gone["beta"].state is PeerState.REVOKED
-    assert_no_orphans(agent.maps)
-    assert agent.ready() == (True, "ready"), "a peer that is down does not make us unready"
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-    await mesh.beta.start()
-    await wait_for(lambda: beta_state(agent, PeerState.READY), what="beta ready again")
-    await wait_for(lambda: served(agent.maps) == BOTH, what="beta backends back")
-    assert wanted(agent.desired.state) == BOTH
-    assert stale_cells(agent) == set()
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def test_stale_ttl_revokes_then_a_returning_peer_is_ready_again(pki: Pki, mesh: Mesh) -> None:
+    """Real etcd and meshapi; the agent's clock (peer liveness, stale TTL) is a fake one, so the
+    TTL passes when the test moves it, not by waiting."""
+    clock = FakeClock()
+    agent = Agent(agent_config(pki, mesh, stale_ttl=1.0), maps=FakeLbMaps(), clock=clock)
+    await agent.start()
+    try:
+        await wait_for(lambda: served(agent.maps) == BOTH, what="initial backends")
+
+        await mesh.beta.stop()
+        await wait_for(lambda: beta_state(agent, PeerState.STALE), what="beta stale")
+        stale_at = clock()
+        assert served(agent.maps) == BOTH
+        clock.advance(0.5)  # half the TTL: a few rounds later, still stale (not revoked)
+        rounds = agent.stats.rounds
+        await wait_for(lambda: agent.stats.rounds >= rounds + 3, what="a few agent rounds")
+        assert beta_state(agent, PeerState.STALE), "revoked before the TTL"
+        clock.advance(0.5)  # the TTL has passed since beta went stale
+        await wait_for(lambda: beta_state(agent, PeerState.REVOKED), what="beta revoked", timeout=5)
+        assert clock() - stale_at >= 0.9, "revoked before the TTL"
+        await wait_for(lambda: served(agent.maps) == ALPHA, what="revoked backends removed")
+        assert agent.gone["beta"].state is PeerState.REVOKED
+        assert_no_orphans(agent.maps)
+        assert agent.ready() == (True, "ready"), "a peer that is down does not make us unready"
+
+        await mesh.beta.start()
+        await wait_for(lambda: beta_state(agent, PeerState.READY), what="beta ready again")
+        await wait_for(lambda: served(agent.maps) == BOTH, what="beta backends back")
+        assert wanted(agent.desired.wanted) == BOTH
+        assert stale_cells(agent) == set()
+    finally:
+        await agent.stop()
 
 
 async def test_invalid_peer_records_are_counted_and_dropped_the_rest_applied(
@@ -309,7 +330,7 @@ async def test_invalid_peer_records_are_counted_and_dropped_the_rest_applied(
     assert dict(beta.watcher.stats.bad_records) == {"services": 1, "endpoints": 2, "nodes": 1}
     assert mesh.beta.app is not None
     assert mesh.beta.app.cache.stats.bad_records["endpoints"] == 1  # the bad port
-    assert wanted(agent.desired.state) == expected
+    assert wanted(agent.desired.wanted) == expected
     dump = agent.maps.dump()
     for address in ("10.1.0.99", "10.9.0.1", str(endpoint("beta", 20).address)):
         assert address not in dump

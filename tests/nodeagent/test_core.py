@@ -105,7 +105,7 @@ class Shell:
         return view.state
 
     def wanted(self) -> dict[str, int]:
-        state = self.desired.state
+        state = self.desired.wanted
         entry = state.services.get(ECHO)
         if entry is None:
             return {}

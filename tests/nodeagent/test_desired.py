@@ -70,11 +70,11 @@ def fe(vip: str = VIP, port: int = 80, proto: int = IPPROTO_TCP) -> Frontend:
 
 
 def ids_by_address(lb: DesiredLb) -> dict[str, int]:
-    return {str(be.address): bid for bid, be in lb.state.backends.items()}
+    return {str(be.address): bid for bid, be in lb.wanted.backends.items()}
 
 
 def addresses_of(lb: DesiredLb, frontend: Frontend) -> list[str]:
-    return [str(lb.state.backends[b].address) for b in lb.state.services[frontend].backend_ids]
+    return [str(lb.wanted.backends[b].address) for b in lb.wanted.services[frontend].backend_ids]
 
 
 def changed_slots(old: tuple[int, ...], new: tuple[int, ...]) -> int:
@@ -128,11 +128,11 @@ def test_stable_order_is_a_permutation_that_moves_few_slots(seed: int) -> None:
 def test_one_service_with_three_backends() -> None:
     lb = DesiredLb()
     lb.set_service(CART, simple(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
-    assert list(lb.state.services) == [fe()]
-    entry = lb.state.services[fe()]
+    assert list(lb.wanted.services) == [fe()]
+    entry = lb.wanted.services[fe()]
     assert len(entry.backend_ids) == 3
     assert addresses_of(lb, fe()) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]
-    assert lb.state.backends[entry.backend_ids[0]] == Lb4Backend(
+    assert lb.wanted.backends[entry.backend_ids[0]] == Lb4Backend(
         IPv4Address("10.1.0.1"), 8080, IPPROTO_TCP, cell_id=1
     )
     assert entry.rev_nat_id >= 1
@@ -154,14 +154,14 @@ def test_a_backend_shared_by_two_services_has_one_id() -> None:
     lb.set_service(CART, simple(CART, ["10.1.0.1", "10.1.0.2"]))
     lb.set_service(PAY, simple(PAY, ["10.1.0.2", "10.1.0.3"], vip="10.96.0.11"))
     shared = ids_by_address(lb)["10.1.0.2"]
-    assert shared in lb.state.services[fe()].backend_ids
-    assert shared in lb.state.services[fe("10.96.0.11")].backend_ids
-    assert len(lb.state.backends) == 3
+    assert shared in lb.wanted.services[fe()].backend_ids
+    assert shared in lb.wanted.services[fe("10.96.0.11")].backend_ids
+    assert len(lb.wanted.backends) == 3
     # One user goes: the backend stays for the other.
     lb.set_service(CART, simple(CART, ["10.1.0.1"]))
-    assert lb.state.backends[shared].address == IPv4Address("10.1.0.2")
+    assert lb.wanted.backends[shared].address == IPv4Address("10.1.0.2")
     lb.set_service(PAY, simple(PAY, ["10.1.0.3"], vip="10.96.0.11"))
-    assert shared not in lb.state.backends
+    assert shared not in lb.wanted.backends
 
 
 def test_a_backend_shared_by_two_frontends_of_one_service_stays_while_one_uses_it() -> None:
@@ -172,20 +172,20 @@ def test_a_backend_shared_by_two_frontends_of_one_service_stays_while_one_uses_i
     lb.set_service(CART, both)
     bid = ids_by_address(lb)["10.1.0.1"]
     lb.set_service(CART, merged(CART, {(VIP, 81, "TCP"): [backend("10.1.0.1")]}))
-    assert fe() not in lb.state.services
-    assert lb.state.services[fe(port=81)].backend_ids == (bid,)
-    assert bid in lb.state.backends
+    assert fe() not in lb.wanted.services
+    assert lb.wanted.services[fe(port=81)].backend_ids == (bid,)
+    assert bid in lb.wanted.backends
 
 
 def test_removing_one_backend_rewrites_o1_slots() -> None:
     lb = DesiredLb()
     addresses = [f"10.1.0.{n}" for n in range(1, 11)]
     lb.set_service(CART, simple(CART, addresses))
-    before = lb.state.services[fe()].backend_ids
+    before = lb.wanted.services[fe()].backend_ids
     removed = ids_by_address(lb)["10.1.0.4"]
     lb.take_dirty()
     lb.set_service(CART, simple(CART, [a for a in addresses if a != "10.1.0.4"]))
-    after = lb.state.services[fe()].backend_ids
+    after = lb.wanted.services[fe()].backend_ids
     assert removed not in after
     assert len(after) == 9
     assert changed_slots(before, after) == 1  # the last one moved into the hole
@@ -210,10 +210,10 @@ def test_backend_ids_are_not_reused_right_after_release() -> None:
 def test_rev_nat_ids_are_not_reused_right_after_release() -> None:
     lb = DesiredLb()
     lb.set_service(CART, simple(CART, ["10.1.0.1"]))
-    first = lb.state.services[fe()].rev_nat_id
+    first = lb.wanted.services[fe()].rev_nat_id
     lb.set_service(CART, None)
     lb.set_service(PAY, simple(PAY, ["10.1.0.1"], vip="10.96.0.11"))
-    assert lb.state.services[fe("10.96.0.11")].rev_nat_id != first
+    assert lb.wanted.services[fe("10.96.0.11")].rev_nat_id != first
 
 
 def test_ids_wrap_around_and_run_out() -> None:
@@ -238,7 +238,7 @@ def test_ipv6_frontends_and_backends_are_skipped_and_counted() -> None:
         },
     )
     lb.set_service(CART, service)
-    assert list(lb.state.services) == [fe()]
+    assert list(lb.wanted.services) == [fe()]
     assert addresses_of(lb, fe()) == ["10.1.0.1"]
     assert lb.stats.skipped == {"frontend-not-ipv4-tcp-udp": 1, "backend-not-ipv4": 1}
 
@@ -248,14 +248,14 @@ def test_udp_frontend_gets_udp_backends() -> None:
     lb.set_service(
         CART, merged(CART, {(VIP, 53, "UDP"): [backend("10.1.0.1", port=53, protocol="UDP")]})
     )
-    entry = lb.state.services[fe(port=53, proto=IPPROTO_UDP)]
-    assert lb.state.backends[entry.backend_ids[0]].proto == IPPROTO_UDP
+    entry = lb.wanted.services[fe(port=53, proto=IPPROTO_UDP)]
+    assert lb.wanted.backends[entry.backend_ids[0]].proto == IPPROTO_UDP
 
 
 def test_a_vip_taken_by_another_ref_is_skipped_and_counted() -> None:
     lb = DesiredLb()
     lb.set_service(CART, simple(CART, ["10.1.0.1"]))
-    owner_entry = lb.state.services[fe()]
+    owner_entry = lb.wanted.services[fe()]
     lb.take_dirty()
     lb.set_service(
         PAY,
@@ -264,11 +264,11 @@ def test_a_vip_taken_by_another_ref_is_skipped_and_counted() -> None:
         ),
     )
     assert lb.stats.conflicts == 1
-    assert lb.state.services[fe()] == owner_entry  # the first owner keeps it
-    assert lb.state.services[fe(port=443)].backend_ids == (ids_by_address(lb)["10.1.0.9"],)
+    assert lb.wanted.services[fe()] == owner_entry  # the first owner keeps it
+    assert lb.wanted.services[fe(port=443)].backend_ids == (ids_by_address(lb)["10.1.0.9"],)
     # Removing the loser does not take the owner's frontend with it.
     lb.set_service(PAY, None)
-    assert lb.state.services == {fe(): owner_entry}
+    assert lb.wanted.services == {fe(): owner_entry}
 
 
 def test_removing_a_service_drops_its_frontends_and_unreferenced_backends() -> None:
@@ -287,12 +287,12 @@ def test_removing_a_service_drops_its_frontends_and_unreferenced_backends() -> N
     ids = ids_by_address(lb)
     lb.take_dirty()
     lb.set_service(CART, None)
-    assert set(lb.state.services) == {fe("10.96.0.11")}
-    assert set(lb.state.backends) == {ids["10.1.0.2"]}
+    assert set(lb.wanted.services) == {fe("10.96.0.11")}
+    assert set(lb.wanted.backends) == {ids["10.1.0.2"]}
     assert lb.take_dirty() == ({fe(), fe(port=81)}, {ids["10.1.0.1"]})
     assert lb.stats.services == 1
     lb.set_service(PAY, None)
-    assert lb.state == LbState()
+    assert lb.wanted == LbState()
     assert lb.stats.services == 0
 
 
@@ -304,7 +304,7 @@ def test_a_changed_cell_id_rewrites_the_backend_in_place() -> None:
     lb.set_service(
         CART, merged(CART, {(VIP, 80, "TCP"): [backend("10.1.0.1", cell="east", cell_id=2)]})
     )
-    assert lb.state.backends[bid].cell_id == 2
+    assert lb.wanted.backends[bid].cell_id == 2
     assert lb.take_dirty() == (set(), {bid})
 
 
@@ -325,26 +325,26 @@ def churned() -> tuple[DesiredLb, list[MergedService]]:
 
 def test_seed_adopts_restored_ids_and_order() -> None:
     first, services = churned()
-    restored = first.state.copy()
+    restored = first.wanted.copy()
     assert restored.services[fe()].backend_ids != tuple(sorted(restored.services[fe()].backend_ids))
     lb = DesiredLb()
     lb.seed(restored)
     for service in reversed(services):  # another order than the first agent's
         lb.set_service(service.ref, service)
-    assert len(LbDiff.between(restored, lb.state)) == 0
-    assert lb.state == first.state
+    assert len(LbDiff.between(restored, lb.wanted)) == 0
+    assert lb.wanted == first.wanted
 
 
 def test_after_seed_new_ids_do_not_collide_with_restored_ones() -> None:
     first, _ = churned()
-    restored = first.state.copy()
+    restored = first.wanted.copy()
     lb = DesiredLb()
     lb.seed(restored)
     lb.set_service(CART, simple(CART, ["10.1.0.1", "10.1.0.77"]))
     new_id = ids_by_address(lb)["10.1.0.77"]
     assert new_id > max(restored.backends)
     lb.set_service(PAY, simple(PAY, ["10.1.0.3"], vip="10.96.0.12"))
-    rev = lb.state.services[fe("10.96.0.12")].rev_nat_id
+    rev = lb.wanted.services[fe("10.96.0.12")].rev_nat_id
     assert rev not in {e.rev_nat_id for e in restored.services.values()}
 
 
@@ -359,7 +359,7 @@ def test_seed_restored_order_is_used_only_once() -> None:
     lb = DesiredLb()
     lb.seed(restored)
     lb.set_service(CART, simple(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
-    assert lb.state.services[fe()] == ServiceEntry(7, (3, 1, 2))
+    assert lb.wanted.services[fe()] == ServiceEntry(7, (3, 1, 2))
     lb.set_service(CART, None)
     lb.set_service(CART, simple(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
     assert addresses_of(lb, fe()) == ["10.1.0.1", "10.1.0.2", "10.1.0.3"]  # fresh ids, in order
@@ -369,7 +369,7 @@ def peer_backed() -> tuple[LbState, list[str], MergedService]:
     """A restored frontend whose slots are out of id order, as after churn before a restart:
     the maps, cart's backend addresses in slot order, and the other service (pay)."""
     first, (_, pay) = churned()
-    restored = first.state.copy()
+    restored = first.wanted.copy()
     cart = restored.services[fe()].backend_ids
     assert cart != tuple(sorted(cart))
     return restored, addresses_of(first, fe()), pay
@@ -393,12 +393,12 @@ def test_restored_order_survives_builds_before_every_source_synced(
     for part in arriving:  # the own cell first, the peer's backends later
         lb.set_service(CART, simple(CART, part))
     lb.set_service(CART, simple(CART, addresses))
-    assert lb.state.services[fe()] == restored.services[fe()]
-    assert len(LbDiff.between(restored, lb.state)) == 0  # nothing for the maps to rewrite
+    assert lb.wanted.services[fe()] == restored.services[fe()]
+    assert len(LbDiff.between(restored, lb.wanted)) == 0  # nothing for the maps to rewrite
     lb.take_dirty()
     lb.release_restored(restored.services)  # the delete gate opens: nothing changes
     assert lb.take_dirty() == (set(), set())
-    assert lb.state.services[fe()] == restored.services[fe()]
+    assert lb.wanted.services[fe()] == restored.services[fe()]
 
 
 def test_restored_order_survives_endpoint_updates_before_every_source_synced() -> None:
@@ -409,7 +409,7 @@ def test_restored_order_survives_endpoint_updates_before_every_source_synced() -
     frontend = RecordFrontend(vip=ip_address(VIP), port=80, protocol="TCP")
     for address in sorted(addresses, reverse=True):  # one endpoint at a time, in another order
         lb.update_frontend(CART, frontend, [backend(address)], [])
-    assert lb.state.services[fe()] == restored.services[fe()]
+    assert lb.wanted.services[fe()] == restored.services[fe()]
 
 
 def test_after_release_a_backend_that_did_not_come_back_leaves_a_hole_filled_by_the_last() -> None:
@@ -421,16 +421,16 @@ def test_after_release_a_backend_that_did_not_come_back_leaves_a_hole_filled_by_
     new_id = ids_by_address(lb)["10.1.0.77"]
     # While the gate is closed the maps keep the restored slots; the new backend goes after.
     restored_ids = restored.services[fe()].backend_ids
-    assert lb.state.services[fe()].backend_ids == (*restored_ids[1:], new_id)
+    assert lb.wanted.services[fe()].backend_ids == (*restored_ids[1:], new_id)
     held = {fe(): ServiceEntry(7, (*restored_ids, new_id))}  # what the gated maps hold
     lb.take_dirty()
     lb.release_restored(held)
-    assert lb.state.services[fe()].backend_ids == (new_id, *restored_ids[1:])
-    assert changed_slots(held[fe()].backend_ids, lb.state.services[fe()].backend_ids) == 1
+    assert lb.wanted.services[fe()].backend_ids == (new_id, *restored_ids[1:])
+    assert changed_slots(held[fe()].backend_ids, lb.wanted.services[fe()].backend_ids) == 1
     assert lb.take_dirty()[0] == {fe()}
     # From now on the usual order: a removed backend's slot is filled by the last one.
     lb.set_service(CART, simple(CART, [*back[1:], "10.1.0.77"]))
-    assert lb.state.services[fe()].backend_ids == (new_id, restored_ids[-1], *restored_ids[2:-1])
+    assert lb.wanted.services[fe()].backend_ids == (new_id, restored_ids[-1], *restored_ids[2:-1])
 
 
 def test_routes_for_nodes_first_ipv4_gateway_deterministic_winner() -> None:

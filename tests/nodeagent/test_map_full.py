@@ -70,7 +70,7 @@ def test_a_full_map_parks_the_refused_keys_and_logs_once(
         desired.set_service(svc(n), merged(svc(n), backends_of(n)))
     with capture_logs() as logs:
         reconciler.sync()
-        assert len(maps.state.services) == 4
+        assert len(maps.landed.services) == 4
         assert reconciler.full_maps() == [FullMap(SERVICES_MAP, 16, parked=2, refused=2)]
         # The batch, its 18 backends as one batch, then each of the 6 services once.
         assert reconciler.stats.attempts == 1 + 1 + 6
@@ -120,13 +120,13 @@ def test_deleting_services_makes_room_for_the_parked_ones(
     reconciler.sync()
     parked_before = reconciler.full_maps()[0].parked
     assert parked_before == 2
-    written = [n for n in range(6) if fe(svc(n)) in maps.state.services]
+    written = [n for n in range(6) if fe(svc(n)) in maps.landed.services]
     for n in written[:2]:
         desired.set_service(svc(n), None)
     reconciler.sync()  # deletes: 8 entries leave, the two parked services are queued
     reconciler.sync()  # ... and written
     assert reconciler.full_maps() == []
-    assert maps.state == desired.state
+    assert maps.landed == desired.wanted
     assert_datapath_valid(maps)
 
 
@@ -156,7 +156,7 @@ def test_a_full_map_is_probed_once_per_retry_period(
     assert reconciler.full_maps()[0].parked == 1
     reconciler.sync()
     assert reconciler.full_maps() == []
-    assert maps.state == desired.state
+    assert maps.landed == desired.wanted
     assert reconciler.stats.attempts == attempts + 4
 
 
@@ -209,7 +209,7 @@ async def test_an_agent_with_too_small_maps_reports_map_full_keeps_its_entries_a
         def settled() -> bool:
             return (
                 rec.deletes_allowed
-                and len(agent.desired.state.services) == N_SERVICES + 1
+                and len(agent.desired.wanted.services) == N_SERVICES + 1
                 and bool(rec.full_maps())
                 and rec.pending == 0
             )
@@ -217,8 +217,8 @@ async def test_an_agent_with_too_small_maps_reports_map_full_keeps_its_entries_a
         await wait_for(settled, timeout=30, what="every service seen, the services map full")
         [full] = rec.full_maps()
         assert (full.map_name, full.capacity) == (SERVICES_MAP, 64)
-        written = agent.maps.state.services
-        want = agent.desired.state.services
+        written = agent.maps.landed.services
+        want = agent.desired.wanted.services
         # Every service is either in the maps as wanted, or parked (a service refused a larger
         # backend set is both in the maps, with its old entry, and parked).
         done = {f for f, e in written.items() if want.get(f) == e}
@@ -265,14 +265,14 @@ async def test_an_agent_with_too_small_maps_reports_map_full_keeps_its_entries_a
         assert lost == set(), f"entries lost: {lost}"
 
         # Deleting services makes room: every parked service is written, the condition clears.
-        gone = [i for i in range(N_SERVICES) if fe_of(i) in agent.maps.state.services][:6]
+        gone = [i for i in range(N_SERVICES) if fe_of(i) in agent.maps.landed.services][:6]
         await mesh.alpha.write(deletes=[service("alpha", f"s{i}").key() for i in gone])
 
         def recovered() -> bool:
-            return not rec.full_maps() and agent.maps.state == agent.desired.state
+            return not rec.full_maps() and agent.maps.landed == agent.desired.wanted
 
         await wait_for(recovered, timeout=20, what="the parked services written")
-        assert len(agent.maps.state.services) == N_SERVICES + 1 - len(gone)
+        assert len(agent.maps.landed.services) == N_SERVICES + 1 - len(gone)
     full_logs = [e for e in logs if e["event"].startswith("LB map full")]
     assert len(full_logs) == 1, full_logs
     assert [e["map"] for e in logs if e["event"] == "LB map has room again"] == [SERVICES_MAP]

@@ -130,11 +130,11 @@ def setup(
 
 
 def address_of(maps: LbMaps, bid: int) -> str:
-    return str(maps.state.backends[bid].address)
+    return str(maps.landed.backends[bid].address)
 
 
 def addresses(maps: LbMaps, frontend: Frontend) -> list[str]:
-    return [address_of(maps, b) for b in maps.state.services[frontend].backend_ids]
+    return [address_of(maps, b) for b in maps.landed.services[frontend].backend_ids]
 
 
 # --- plain convergence ------------------------------------------------------------------------
@@ -147,15 +147,15 @@ def test_sync_makes_the_maps_hold_the_desired_state() -> None:
     result = reconciler.sync()
     assert result.failed == 0
     assert result.frontends == {fe(CART), fe(CART, 443), fe(PAY)}
-    assert maps.state == desired.state
-    assert maps.dump() == fresh_dump(desired.state)
+    assert maps.landed == desired.wanted
+    assert maps.dump() == fresh_dump(desired.wanted)
     assert reconciler.pending == 0
     # Changes: one backend goes, one comes, a service goes.
     desired.set_service(CART, merged(CART, ["10.1.0.1", "10.1.0.3", "10.1.0.5"], ports=(80, 443)))
     desired.set_service(PAY, None)
     reconciler.sync()
-    assert maps.state == desired.state
-    assert maps.dump() == fresh_dump(desired.state)
+    assert maps.landed == desired.wanted
+    assert maps.dump() == fresh_dump(desired.wanted)
     # Converged: another sync writes nothing.
     written = maps.stats.entries_written
     assert reconciler.sync().applied == 0
@@ -187,7 +187,7 @@ def test_sync_with_records_through_merge_service() -> None:
     desired.set_service(CART, merge_service(CART, {"home": source}))
     reconciler.sync()
     assert addresses(maps, fe(CART)) == ["10.1.0.1", "10.1.0.2"]
-    assert maps.state.backends[maps.state.services[fe(CART)].backend_ids[0]].port == 8080
+    assert maps.landed.backends[maps.landed.services[fe(CART)].backend_ids[0]].port == 8080
 
 
 def test_removing_a_backend_in_the_middle_writes_few_entries() -> None:
@@ -198,7 +198,7 @@ def test_removing_a_backend_in_the_middle_writes_few_entries() -> None:
     written, deleted = maps.stats.entries_written, maps.stats.entries_deleted
     desired.set_service(CART, merged(CART, [a for a in many if a != "10.1.0.7"]))
     reconciler.sync()
-    assert maps.state == desired.state
+    assert maps.landed == desired.wanted
     assert maps.stats.entries_written - written == 2  # one slot moved in, the master's count
     assert maps.stats.entries_deleted - deleted == 2  # the old last slot, the backend
 
@@ -225,16 +225,16 @@ def test_before_allow_deletes_nothing_is_removed_after_a_restore() -> None:
     desired.set_service(CART, merged(CART, ["10.1.0.1", "10.1.0.3", "10.1.0.9"]))
     reconciler.sync()
     assert addresses(maps, fe(CART)) == ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.9"]
-    assert maps.state.services[fe(PAY)] == restored.services[fe(PAY)]
-    assert set(restored.backends) <= set(maps.state.backends)
+    assert maps.landed.services[fe(PAY)] == restored.services[fe(PAY)]
+    assert set(restored.backends) <= set(maps.landed.backends)
     assert maps.stats.entries_deleted == 0
     assert_datapath_valid(maps)
     assert before != maps.dump()
     # Deletes allowed: converges exactly.
     reconciler.allow_deletes()
     reconciler.sync()
-    assert maps.state == desired.state
-    assert maps.dump() == fresh_dump(desired.state)
+    assert maps.landed == desired.wanted
+    assert maps.dump() == fresh_dump(desired.wanted)
     assert addresses(maps, fe(CART)) == ["10.1.0.1", "10.1.0.9", "10.1.0.3"]  # .9 took .2's slot
     assert reconciler.pending == 0
 
@@ -245,11 +245,11 @@ def test_a_removed_service_is_kept_until_deletes_are_allowed() -> None:
     reconciler.sync()
     desired.set_service(CART, None)
     reconciler.sync()
-    assert fe(CART) in maps.state.services
+    assert fe(CART) in maps.landed.services
     assert reconciler.stats.deferred_deletes == 1
     reconciler.allow_deletes()
     reconciler.sync()
-    assert maps.state == LbState()
+    assert maps.landed == LbState()
     assert maps.dump() == ""
 
 
@@ -277,7 +277,7 @@ def test_a_restart_writes_nothing_when_nothing_changed() -> None:
     assert again.stats.entries_written == 0
     assert again.stats.entries_deleted == 0
     assert again.dump() == dump
-    assert again.state == desired2.state
+    assert again.landed == desired2.wanted
 
 
 # --- failures: per-key retry with backoff ------------------------------------------------------
@@ -310,7 +310,7 @@ def test_failed_keys_wait_out_their_backoff() -> None:
     faulty.probability = 0.0
     clock.advance(max(BACKOFF))
     reconciler.sync()
-    assert maps.state == desired.state
+    assert maps.landed == desired.wanted
     assert reconciler.pending == 0
     assert_datapath_valid(inner)
 
@@ -347,7 +347,7 @@ def test_a_retried_key_that_no_longer_needs_a_write_is_dropped() -> None:
     reconciler.sync()
     reconciler.sync()
     assert reconciler.pending == 0
-    assert maps.state == LbState()
+    assert maps.landed == LbState()
     assert faulty.contents().backends == {}
 
 
@@ -369,16 +369,16 @@ def test_random_failures_converge_and_the_datapath_stays_valid(seed: int) -> Non
         for _attempt in range(60):
             reconciler.sync()
             assert_datapath_valid(inner)
-            if maps.state == desired.state and reconciler.pending == 0:
+            if maps.landed == desired.wanted and reconciler.pending == 0:
                 break
             clock.advance(max(BACKOFF) + 0.1)
-        assert maps.state == desired.state
+        assert maps.landed == desired.wanted
         assert reconciler.pending == 0
     assert faulty.faults > 0
     # Maps healthy again: one re-reading pass leaves exactly the desired entries.
     faulty.probability = 0.0
     reconciler.full_pass(reread=True)
-    assert inner.dump() == fresh_dump(desired.state)
+    assert inner.dump() == fresh_dump(desired.wanted)
 
 
 class MasterWritesFail(MemoryMapStore):
@@ -406,7 +406,7 @@ def test_a_half_written_service_that_is_no_longer_wanted_is_deleted() -> None:
     store.failing = True
     desired.set_service(CART, merged(CART, ["10.1.0.1", "10.1.0.2", "10.1.0.3"]))
     assert reconciler.sync().failed > 0
-    assert fe(CART) not in maps.state.services
+    assert fe(CART) not in maps.landed.services
     assert_datapath_valid(maps)
     # The service goes before its write ever landed; the maps heal.
     store.failing = False
@@ -414,7 +414,7 @@ def test_a_half_written_service_that_is_no_longer_wanted_is_deleted() -> None:
     for _ in range(3):
         reconciler.sync()
         clock.advance(max(BACKOFF) + 0.1)
-    assert maps.state == LbState()
+    assert maps.landed == LbState()
     assert reconciler.pending == 0
     assert_datapath_valid(maps)
     assert maps.contents().services == []
@@ -437,29 +437,29 @@ def drifted() -> tuple[FakeLbMaps, DesiredLb, Reconciler]:
 
 def test_full_pass_with_reread_restores_a_deleted_backend() -> None:
     maps, desired, reconciler = drifted()
-    bid = maps.state.services[fe(CART)].backend_ids[1]
+    bid = maps.landed.services[fe(CART)].backend_ids[1]
     del maps.store[BACKENDS_MAP][pack_backend_id(bid)]
     assert reconciler.full_pass().applied == 0  # the view does not know
     result = reconciler.full_pass(reread=True)
     assert result.applied > 0
     assert reconciler.stats.repaired > 0
-    assert maps.dump() == fresh_dump(desired.state)
+    assert maps.dump() == fresh_dump(desired.wanted)
 
 
 def test_full_pass_with_reread_repairs_a_changed_slot() -> None:
     maps, desired, reconciler = drifted()
-    other = maps.state.services[fe(PAY)].backend_ids[0]
+    other = maps.landed.services[fe(PAY)].backend_ids[0]
     maps.store[SERVICES_MAP][fe(CART).key(2).pack()] = Lb4Service(other, 0, 0).pack()
     reconciler.full_pass(reread=True)
-    assert maps.dump() == fresh_dump(desired.state)
-    assert maps.state == desired.state
+    assert maps.dump() == fresh_dump(desired.wanted)
+    assert maps.landed == desired.wanted
 
 
 def test_full_pass_with_reread_removes_leftover_entries() -> None:
     maps, desired, reconciler = drifted()
     services = maps.store[SERVICES_MAP]
-    rev = maps.state.services[fe(CART)].rev_nat_id
-    bid = maps.state.services[fe(CART)].backend_ids[0]
+    rev = maps.landed.services[fe(CART)].rev_nat_id
+    bid = maps.landed.services[fe(CART)].backend_ids[0]
     services[fe(CART).key(7).pack()] = Lb4Service(bid, 0, 0).pack()  # past the count
     stray = Frontend(IPv4Address("10.96.9.9"), 80, IPPROTO_TCP)
     services[stray.key(1).pack()] = Lb4Service(bid, 0, 0).pack()  # slot without a master
@@ -467,7 +467,7 @@ def test_full_pass_with_reread_removes_leftover_entries() -> None:
         IPv4Address("10.96.9.9"), 80
     ).pack()
     reconciler.full_pass(reread=True)
-    assert maps.dump() == fresh_dump(desired.state)
+    assert maps.dump() == fresh_dump(desired.wanted)
 
 
 def test_full_pass_with_reread_removes_an_unwanted_service_with_a_broken_slot() -> None:
@@ -477,5 +477,5 @@ def test_full_pass_with_reread_removes_an_unwanted_service_with_a_broken_slot() 
     services[stray.key().pack()] = Lb4Service(0, 1, 999).pack()
     services[stray.key(1).pack()] = Lb4Service(12345, 0, 0).pack()  # no such backend
     reconciler.full_pass(reread=True)
-    assert maps.dump() == fresh_dump(desired.state)
+    assert maps.dump() == fresh_dump(desired.wanted)
     assert_datapath_valid(maps)

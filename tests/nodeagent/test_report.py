@@ -33,7 +33,7 @@ def ready(agent: Agent) -> bool:
 
 async def test_build_status_of_a_ready_agent(agent_factory: AgentFactory) -> None:
     agent = await agent_factory()
-    await wait_for(lambda: ready(agent) and len(agent.maps.state.backends) == 4, what="ready")
+    await wait_for(lambda: ready(agent) and len(agent.maps.landed.backends) == 4, what="ready")
     status = build_status(agent, wall_clock=lambda: 1_700_000_000.0)
     assert (status.cell, status.node, status.updated_at) == ("alpha", "a1", 1_700_000_000.0)
     assert (status.ready, status.reason) == (True, "ready")

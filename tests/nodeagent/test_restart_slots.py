@@ -59,7 +59,7 @@ def bpftool_dump(loader: SockLbLoader) -> dict[str, Any]:
 
 
 def slots(agent: Agent) -> tuple[int, ...]:
-    entry = agent.maps.state.services.get(FRONTEND)
+    entry = agent.maps.landed.services.get(FRONTEND)
     return entry.backend_ids if entry is not None else ()
 
 
@@ -100,7 +100,7 @@ async def test_restart_with_a_peer_backed_service_rewrites_no_slot(
         await wait_for(
             lambda: (
                 resynced(first, 4)
-                and all(first.maps.state.backends[b].address != gone for b in slots(first))
+                and all(first.maps.landed.backends[b].address != gone for b in slots(first))
             ),
             timeout=20,
             what="the churn in the maps",

@@ -48,7 +48,7 @@ proto-check: $(VENV_STAMP)
 lint: setup proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict meshcore meshapi nodeagent bpf certs meshctl e2e
+	$(BIN)/mypy --strict meshcore meshapi nodeagent bpf certs meshctl e2e bench
 	$(BIN)/lint-imports
 
 # grpc-core logs every refused handshake; the authorization tests make many on purpose.

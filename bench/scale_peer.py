@@ -106,6 +106,13 @@ def endpoints(i: int, per: int) -> Iterator[Endpoint]:
         )
 
 
+def beta_records(services: int, per: int) -> Iterator[Record]:
+    """Beta's records, each service followed by its endpoints."""
+    for i in range(services):
+        yield service("beta", i)
+        yield from endpoints(i, per)
+
+
 async def write_records(endpoint: str, records: Iterator[Record]) -> tuple[int, float]:
     """Put the records straight into an etcd, batched; returns (records, seconds)."""
     store = EtcdStore([endpoint], timeout=30.0)
@@ -178,11 +185,7 @@ async def measure(
     try:
         beta_n, beta_s = await write_records(
             etcd["beta"],
-            (
-                r
-                for i in range(n_services)
-                for r in (service("beta", i), *endpoints(i, args.per_service))
-            ),
+            beta_records(n_services, args.per_service),
         )
         alpha_n, alpha_s = await write_records(
             etcd["alpha"], (service("alpha", i) for i in range(n_services))

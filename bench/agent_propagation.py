@@ -500,6 +500,16 @@ def make_pki(root: Path) -> dict[str, str]:
 # --- the measurement ----------------------------------------------------------------------
 
 
+def start_cells(res: Resources) -> dict[str, str]:
+    """The mesh PKI and one etcd per cell, under res (released with it); the TLS dirs."""
+    tls = make_pki(res.root)
+    for cell in CELLS:
+        etcd = LocalEtcd(data_dir=res.root / f"etcd-{cell}" / "data")
+        res.etcds.append(etcd)  # before start: a half-started one is stopped too
+        etcd.start()
+    return tls
+
+
 def ms(values: Sequence[float]) -> dict[str, float]:
     v = [x * 1000 for x in values]
     p99 = statistics.quantiles(v, n=100, method="inclusive")[98]
@@ -755,11 +765,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("warning")  # structlog to stderr: stdout carries the JSON line only
     res = Resources(Path(tempfile.mkdtemp(prefix="cellmesh-bench-")))
     with interruptible("agent_propagation", res.release):
-        tls = make_pki(res.root)
-        for cell in CELLS:
-            etcd = LocalEtcd(data_dir=res.root / f"etcd-{cell}" / "data")
-            res.etcds.append(etcd)  # before start: a half-started one is stopped too
-            etcd.start()
+        tls = start_cells(res)
         figures = asyncio.run(measure(res, tls, args))
     return {
         "backends": args.backends,

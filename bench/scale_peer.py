@@ -44,7 +44,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from agent_propagation import CELLS, Inbox, Resources, make_pki, serve_cells
+from agent_propagation import CELLS, Inbox, Resources, serve_cells, start_cells
 from harness import BenchError, bench_main, interruptible, raise_on_sigterm
 
 from bpf.layout import (
@@ -57,7 +57,6 @@ from bpf.layout import (
 from bpf.loader import SockLbLoader
 from bpf.pinned_maps import PinnedLbMaps
 from meshapi.etcd_adapter import EtcdStore
-from meshcore.localetcd import LocalEtcd
 from meshcore.logs import configure_logging
 from meshcore.model import Endpoint, Peer, Record, Service, encode_record
 from meshcore.model.records import EndpointPort
@@ -337,11 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("warning")  # structlog to stderr: stdout carries the JSON line only
     res = Resources(Path(tempfile.mkdtemp(prefix="cellmesh-bench-")))
     with interruptible("scale_peer", res.release):
-        tls = make_pki(res.root)
-        for cell in CELLS:
-            etcd = LocalEtcd(data_dir=res.root / f"etcd-{cell}" / "data")
-            res.etcds.append(etcd)  # before start: a half-started one is stopped too
-            etcd.start()
+        tls = start_cells(res)
         figures = asyncio.run(measure(res, tls, args, sizes))
     return {
         "endpoints": args.endpoints,

@@ -136,6 +136,11 @@ class WipeRecovery:
     _before: dict[str, Record] = field(default_factory=dict, init=False)
     _withheld: dict[Kind, KindWait] = field(default_factory=dict, init=False)
     _since: float = field(default=0.0, init=False)
+    # Indexes of `_before`, built once per wipe (a step runs every 0.1 s while recovering and
+    # must not rescan every remembered record): the nodes that had records of each source kind,
+    # and the lost-record candidates of each operator kind, in key order.
+    _expected_nodes: dict[Kind, frozenset[str]] = field(default_factory=dict, init=False)
+    _candidates: dict[Kind, tuple[LostRecord, ...]] = field(default_factory=dict, init=False)
 
     @property
     def withheld(self) -> frozenset[Kind]:
@@ -146,10 +151,24 @@ class WipeRecovery:
         # A wipe during a recovery: what was still missing from the first one stays remembered.
         kept = {k: r for k, r in self._before.items() if kind_of_key(k) in self._withheld}
         self._before = {**kept, **before}
+        self._index()
         self.wipes += 1
         self._since = now
         self.released = {}
         self._withheld = {kind: KindWait(since=now) for kind in CANARY_KINDS}
+
+    def _index(self) -> None:
+        nodes: dict[Kind, set[str]] = {kind: set() for kind in SOURCE_KINDS}
+        candidates: dict[Kind, list[LostRecord]] = {kind: [] for kind in OPERATOR_KINDS}
+        for key, record in sorted(self._before.items()):
+            kind = kind_of_key(key)
+            if kind in SOURCE_KINDS and (node := _node_of(record)) is not None:
+                nodes[kind].add(node)
+            elif kind in OPERATOR_KINDS:
+                name, restore = _name_of(record), restore_command(self.cell, record)
+                candidates[kind].append(LostRecord(key, kind, name, restore))
+        self._expected_nodes = {kind: frozenset(n) for kind, n in nodes.items()}
+        self._candidates = {kind: tuple(c) for kind, c in candidates.items()}
 
     def step(self, present: Mapping[str, object], now: float) -> dict[Kind, Release]:
         """The kinds whose canary may be written now, and why; they are no longer withheld."""
@@ -162,6 +181,7 @@ class WipeRecovery:
                 out[kind] = release
         if not self._withheld:
             self._before.clear()
+            self._expected_nodes, self._candidates = {}, {}
         return out
 
     def _evaluate(self, kind: Kind, present: Mapping[str, object], now: float) -> Release | None:
@@ -179,20 +199,14 @@ class WipeRecovery:
         else:
             wait.grace = self.lost_state_grace
             wait.lost = tuple(
-                LostRecord(key, kind, _name_of(record), restore_command(self.cell, record))
-                for key, record in sorted(self._before.items())
-                if key not in present and kind_of_key(key) is kind
+                lost for lost in self._candidates.get(kind, ()) if lost.key not in present
             )
             if not wait.lost:
                 return Release.RESTORED
         return Release.GRACE if now - wait.since >= wait.grace else None
 
     def _missing_nodes(self, kind: Kind, present: Mapping[str, object]) -> set[str]:
-        expected = {
-            node
-            for key, record in self._before.items()
-            if kind_of_key(key) is kind and (node := _node_of(record)) is not None
-        }
+        expected = self._expected_nodes.get(kind, frozenset())
         # A node is back with its Node record (written with its endpoints in one request);
         # for agent status, with its AgentStatus. Key lookups only: O(nodes), not O(records).
         signal = agent_key if kind is Kind.AGENT else node_key

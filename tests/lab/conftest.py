@@ -205,6 +205,15 @@ class Lab:
         wait_gone(self.name, self.config, self.seen)
 
 
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
 def new_lab(tmp: Path) -> Lab:
     tmp.mkdir(parents=True, exist_ok=True)
     return Lab(name=f"{LAB_PREFIX}{secrets.token_hex(4)}", config=tmp / "meshctl.json")

@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from e2e.driver import Pod
 from e2e.environment import Environment, MeshAdmin, ServiceSpec, service_manifest
 from e2e.probe import Observation, Prober
 from meshctl.lab import LabDriver
-from tests.lab.conftest import Lab, connected_lab
+from tests.lab.conftest import Lab, connected_lab, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -63,14 +63,6 @@ def _http_ok(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +130,7 @@ class Traffic:
     def __init__(self, mesh: Mesh, duration: float) -> None:
         self.prober = Prober(mesh.driver)
         self.results: dict[str, Observation | BaseException] = {}
+        self.targets = list(mesh.targets.values())
         self.threads = [
             threading.Thread(target=self._loop, args=(cell, client, mesh.targets[cell], duration))
             for cell, client in mesh.clients.items()
@@ -154,8 +147,16 @@ class Traffic:
     def __enter__(self) -> Traffic:
         for t in self.threads:
             t.start()
-        time.sleep(1.0)  # the loops are running before the fault
+        wait_for("the client loops to run", self._running)  # before the fault, not after
         return self
+
+    def _running(self) -> bool:
+        """Every cell's client process runs (it is `python -m e2e.client tcp HOST PORT ...`)."""
+        for target in self.targets:
+            pattern = f"e2e.client tcp {target.host} {target.port} "
+            if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
+                return False
+        return True
 
     def __exit__(self, *exc: object) -> None:
         for t in self.threads:

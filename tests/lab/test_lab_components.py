@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.lab.conftest import Lab, cleaned_up, new_lab
+from tests.lab.conftest import Lab, cleaned_up, new_lab, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +26,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         up = made.lab("up", "--cells", "1", "--nodes", "2", "--pods-per-node", "0", "--wait")
         assert up.returncode == 0, up.stderr
         yield made
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def component(doc: dict[str, Any], kind: str, node: str | None = None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ Everything a fixture starts is stopped by its finalizer, also when the test fail
 from __future__ import annotations
 
 import asyncio
+import asyncio.events as asyncio_events
+import gc
 import shutil
 import subprocess
 import urllib.error
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_timeout  # type: ignore[import-untyped]
 
 from bpf.loader import SockLbLoader
 from certs import Role, create_ca, issue_certificate
@@ -26,6 +30,55 @@ from meshcore.localetcd import LocalEtcd
 
 REPO = Path(__file__).resolve().parents[1]
 TRUST_DOMAIN = "mesh.test"
+
+
+def _await_chain(awaitable: object) -> list[str]:
+    """Where a suspended coroutine waits: its frame, the frame of what it awaits, and so on."""
+    lines: list[str] = []
+    while awaitable is not None:
+        frame = next(
+            (
+                getattr(awaitable, a)
+                for a in ("cr_frame", "ag_frame", "gi_frame")
+                if hasattr(awaitable, a)
+            ),
+            None,
+        )
+        if frame is None and type(awaitable).__name__ == "async_generator_asend":
+            # An async generator's __anext__: follow it into the generator (no public link).
+            gens = [r for r in gc.get_referents(awaitable) if hasattr(r, "ag_frame")]
+            if gens:
+                awaitable = gens[0]
+                continue
+        if frame is None:
+            lines.append(f"  awaiting {awaitable!r}"[:300])
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaitable = next(
+            (
+                getattr(awaitable, a)
+                for a in ("cr_await", "ag_await", "gi_yieldfrom")
+                if hasattr(awaitable, a)
+            ),
+            None,
+        )
+    return lines
+
+
+def _dump_stacks_and_tasks(terminal: Any) -> None:
+    """pytest-timeout's thread dump, plus every pending asyncio task of the main thread's loop
+    with the chain of awaits it is suspended in: a test that hangs in an ``await`` shows where."""
+    _thread_dump(terminal)
+    loop = asyncio_events._get_running_loop()
+    if loop is None:
+        return
+    for task in asyncio.all_tasks(loop):
+        terminal.sep("~", title=f"asyncio task {task.get_name()}")
+        terminal.write("\n".join(_await_chain(task.get_coro())) + "\n")
+
+
+_thread_dump = pytest_timeout.dump_stacks
+pytest_timeout.dump_stacks = _dump_stacks_and_tasks
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ setup: $(APT_STAMP) $(VENV_STAMP) bpf/sock_lb.o
 bpf/sock_lb.o: bpf/sock_lb.c bpf/lb_maps.h $(APT_STAMP)
 	clang -O2 -g -Wall -Werror -target bpf -I/usr/include/x86_64-linux-gnu -c $< -o $@
 
-# apt-get update runs once (when a package is missing), never on every test run.
+# apt-get update runs once (when a package is missing), never on every test run. kubectl (for
+# `kubectl kustomize` of deploy/) comes with the machine image; Debian's kubernetes-client otherwise.
 $(APT_STAMP):
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -53,7 +55,7 @@ lint: setup proto-check
 
 # grpc-core logs every refused handshake; the authorization tests make many on purpose.
 unit: setup
-	GRPC_VERBOSITY=ERROR $(BIN)/pytest -q
+	GRPC_VERBOSITY=ERROR $(BIN)/pytest -q --durations=15
 
 test: setup lint unit
 

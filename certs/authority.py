@@ -146,14 +146,21 @@ def load_ca(ca_dir: Path) -> CertificateAuthority:
     files = CaFiles.in_dir(ca_dir)
     cert = read_certificate(files.cert, what="CA certificate")
     key = read_ec_private_key(files.key)
+    return checked_ca(cert, key, cert_source=str(files.cert), key_source=str(files.key))
+
+
+def checked_ca(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, *, cert_source: str, key_source: str
+) -> CertificateAuthority:
+    """A CA from a loaded certificate and key, checked to belong together (sources: for errors)."""
     if not is_ca_certificate(cert):
-        raise CertFileError(f"{files.cert} is not a CA certificate (basicConstraints CA=false)")
+        raise CertFileError(f"{cert_source} is not a CA certificate (basicConstraints CA=false)")
     if _public_key_der(key.public_key()) != _public_key_der(cert.public_key()):
-        raise CertFileError(f"{files.key} is not the private key of {files.cert}")
+        raise CertFileError(f"{key_source} is not the private key of {cert_source}")
     try:
         trust_domain = trust_domain_of_ca(cert)
     except CertError as e:
-        raise CertFileError(f"{files.cert}: {e}") from e
+        raise CertFileError(f"{cert_source}: {e}") from e
     return CertificateAuthority(cert=cert, key=key, trust_domain=trust_domain)
 
 
@@ -182,7 +189,7 @@ def _subject_alt_names(
 
 
 def _leaf_validity(
-    ca: CertificateAuthority, *, ca_dir: Path, now: datetime, days: int
+    ca: CertificateAuthority, *, ca_dir: Path | str, now: datetime, days: int
 ) -> tuple[datetime, datetime]:
     ca_start, ca_end = ca.cert.not_valid_before_utc, ca.cert.not_valid_after_utc
     if now >= ca_end:
@@ -241,9 +248,17 @@ def issue_certificate(
     _check_days(days)
     now = resolve_now(now)
     ca = load_ca(ca_dir)
-    uri = spiffe_id(trust_domain=ca.trust_domain, cell=cell, role=role)
-    sans = _subject_alt_names(uri=uri, role=role, dns_names=dns_names, ip_addresses=ip_addresses)
-    not_before, not_after = _leaf_validity(ca, ca_dir=ca_dir, now=now, days=days)
+    cert, key = sign_leaf(
+        ca,
+        ca_source=ca_dir,
+        cell=cell,
+        role=role,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        days=days,
+        node=node,
+        now=now,
+    )
     files = TlsFiles.in_dir(out_dir)
     if not overwrite:
         existing = [p.name for p in (files.cert, files.key) if p.exists()]
@@ -252,7 +267,32 @@ def issue_certificate(
                 f"{out_dir} already holds {', '.join(existing)}; refusing to overwrite "
                 "(pass overwrite=True / --force to replace)"
             )
+    ensure_directory(out_dir)
+    write_file(files.key, private_key_pem(key), mode=PRIVATE_MODE, overwrite=overwrite)
+    write_file(files.cert, certificate_pem(cert), mode=PUBLIC_MODE, overwrite=overwrite)
+    add_to_bundle(bundle=files.bundle, ca_cert=CaFiles.in_dir(ca_dir).cert)
+    return files.cert
 
+
+def sign_leaf(
+    ca: CertificateAuthority,
+    *,
+    ca_source: Path | str,
+    cell: str,
+    role: Role,
+    dns_names: Sequence[str],
+    ip_addresses: Sequence[str],
+    days: int,
+    node: str | None,
+    now: datetime,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Make a new key and its leaf certificate signed by `ca` (inputs already validated).
+
+    `issue_certificate` writes the result to a TLS directory; `certs.memory` keeps it in memory.
+    """
+    uri = spiffe_id(trust_domain=ca.trust_domain, cell=cell, role=role)
+    sans = _subject_alt_names(uri=uri, role=role, dns_names=dns_names, ip_addresses=ip_addresses)
+    not_before, not_after = _leaf_validity(ca, ca_dir=ca_source, now=now, days=days)
     key = ec.generate_private_key(ec.SECP256R1())
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if role is Role.MESHAPI:
@@ -289,8 +329,4 @@ def issue_certificate(
         .add_extension(sans, critical=False)
         .sign(ca.key, hashes.SHA256())
     )
-    ensure_directory(out_dir)
-    write_file(files.key, private_key_pem(key), mode=PRIVATE_MODE, overwrite=overwrite)
-    write_file(files.cert, certificate_pem(cert), mode=PUBLIC_MODE, overwrite=overwrite)
-    add_to_bundle(bundle=files.bundle, ca_cert=CaFiles.in_dir(ca_dir).cert)
-    return files.cert
+    return cert, key

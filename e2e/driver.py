@@ -4,8 +4,8 @@ The suite (``e2e.suite``) creates its own workloads ("pods" running the echo ser
 commands inside pods, reaches each cell's meshapi as an admin (``meshapi``: an address and a TLS
 directory the driver resolved, e.g. from a meshctl context), and — for the disruptive tests —
 stops and starts control-plane parts. The CLI builds the driver and hands it to the suite: the
-local lab implements this (``meshctl.lab.LabDriver``); with real clusters, a Kubernetes driver
-(kube context per cell) will implement the same methods. The suite never imports the CLI.
+local lab implements this (``meshctl.lab.LabDriver``), and so does the Kubernetes driver
+(``meshctl.kube.driver.KubeDriver``, a kube context per cell). The suite never imports the CLI.
 Pure interface: no IO here.
 """
 

@@ -1,7 +1,10 @@
 """Wires one cell's meshapi: etcd store -> watch cache -> gRPC (mTLS) and HTTP; writer -> etcd.
 
 Holds no logic worth testing alone: start order, the heartbeat loop, and shutdown. After a wipe
-of the store, `StoreRecovery` decides when each kind's canary is written again.
+of the store, `StoreRecovery` decides when each kind's canary is written again. With
+``source="kubernetes"`` a `KubeSource` owns services, endpoints, nodes and peers: it writes them
+from the cluster's API and marks their canaries (also after a wipe); admin writes of them are
+refused.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from meshapi.authz import CellPolicy
 from meshapi.cache import WatchCache
 from meshapi.etcd_adapter import EtcdStore
 from meshapi.http import build_http_app
+from meshapi.kubesource import DEFAULT_WATCH_TIMEOUT, KubeSource
+from meshapi.kubesource import RETRY_DELAYS as KUBE_RETRY_DELAYS
+from meshapi.kubestate import SOURCE_KINDS
 from meshapi.recovery import StoreRecovery
 from meshapi.resync import (
     CANARY_KINDS,
@@ -59,6 +65,14 @@ class MeshApiConfig:
     # again, and how long records only an operator wrote are waited for (then deleted).
     resync_grace: float = DEFAULT_RESYNC_GRACE
     lost_state_grace: float = DEFAULT_LOST_STATE_GRACE
+    # Where services, endpoints, nodes and peers come from: etcd itself ("standalone": the lab,
+    # admin writes) or a Kubernetes API ("kubernetes"; in-cluster when kubeconfig is None).
+    source: str = "standalone"
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    kube_namespace: str = "cellmesh"
+    kube_watch_timeout: int = DEFAULT_WATCH_TIMEOUT
+    kube_retry_delays: tuple[float, ...] = KUBE_RETRY_DELAYS
 
 
 @dataclass
@@ -67,9 +81,13 @@ class MeshApiApp:
     grpc_port: int = 0
     http_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    source: KubeSource | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.source not in ("standalone", "kubernetes"):
+            raise ConfigError(f"unknown source {cfg.source!r} (standalone or kubernetes)")
+        kube = cfg.source == "kubernetes"
         tls = TlsMaterial.from_dir(cfg.tls_dir)
         me = identity_from_certificate(tls.cert)
         if me.cell != cfg.cell or me.role is not Role.MESHAPI:
@@ -92,15 +110,31 @@ class MeshApiApp:
             cache=self.cache,
             writer=self.writer,
             core=WipeRecovery(
-                cfg.cell, resync_grace=cfg.resync_grace, lost_state_grace=cfg.lost_state_grace
+                cfg.cell,
+                resync_grace=cfg.resync_grace,
+                lost_state_grace=cfg.lost_state_grace,
+                external_kinds=SOURCE_KINDS if kube else frozenset(),
             ),
         )
         self.cache.on_reset.append(self.recovery.on_reset)
+        if kube:
+            self.source = KubeSource(
+                config=cell_config,
+                writer=self.writer,
+                cache=self.cache,
+                kubeconfig=cfg.kubeconfig,
+                context=cfg.kube_context,
+                namespace=cfg.kube_namespace,
+                watch_timeout=cfg.kube_watch_timeout,
+                retry_delays=cfg.kube_retry_delays,
+            )
+            self.cache.on_reset.append(self.source.on_reset)
         self.service = MeshApiService(
             cache=self.cache,
             writer=self.writer,
             policy=CellPolicy(cell=cfg.cell, trust_domain=me.trust_domain),
             recovery=self.recovery,
+            source_kinds=SOURCE_KINDS if kube else frozenset(),
         )
         self._tasks.append(asyncio.create_task(self.cache.run(), name="cache"))
         self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
@@ -109,7 +143,10 @@ class MeshApiApp:
         # Standalone mode: etcd itself is the source of every kind, so each kind is complete
         # once the writes queued before its canary (the cell config) have landed. (After a
         # wipe noticed while running, `StoreRecovery` withholds them until the sources re-listed.)
+        # Kubernetes mode: the source marks its kinds once each initial listing is written.
         self.recovery.mark_all_synced()
+        if self.source is not None:
+            self._tasks.append(asyncio.create_task(self.source.run(), name="kube-source"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
 
         self.grpc_server = grpc.aio.server(
@@ -134,6 +171,7 @@ class MeshApiApp:
                 service=self.service,
                 writer=self.writer,
                 recovery=self.recovery,
+                source=self.source,
             ),
             access_log=None,
         )

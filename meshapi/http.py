@@ -1,5 +1,10 @@
 """HTTP side of meshapi (aiohttp): /healthz, /readyz, /metrics (Prometheus), /status (JSON).
 
+/status `source` says where services, endpoints, nodes and peers come from: ``{"type":
+"standalone"}``, or the Kubernetes source's per-resource progress and its malformed objects
+(also counted in ``meshapi_source_bad_objects_total{kind}``); /readyz waits for every kind the
+source owns to be synced.
+
 After an etcd wipe, /status `recovery` and the `meshapi_lost_records{kind}` /
 `meshapi_withheld_canaries{kind}` gauges say what was lost and which canaries are withheld
 (meshapi.resync).
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,6 +33,15 @@ from meshapi.writer import RecordWriter
 RECOVERY_KINDS = tuple(str(k) for k in CANARY_KINDS)
 
 
+class KubeSource(Protocol):
+    """What the HTTP side reads of the Kubernetes source (`meshapi.kubesource.KubeSource`)."""
+
+    @property
+    def synced(self) -> bool: ...
+    def status(self) -> dict[str, Any]: ...
+    def bad_object_counts(self) -> dict[str, int]: ...
+
+
 class MeshApiCollector(Collector):
     def __init__(
         self,
@@ -37,12 +51,14 @@ class MeshApiCollector(Collector):
         service: MeshApiService,
         writer: RecordWriter,
         recovery: StoreRecovery | None = None,
+        source: KubeSource | None = None,
     ) -> None:
         self._cell = cell
         self._cache = cache
         self._service = service
         self._writer = writer
         self._recovery = recovery
+        self._source = source
 
     def collect(self) -> Iterator[Metric]:
         cache, stats = self._cache, self._cache.stats
@@ -96,6 +112,15 @@ class MeshApiCollector(Collector):
             "Writes etcd refused for good (their caller got the error)",
             value=self._writer.stats.rejected_writes,
         )
+        if self._source is not None:
+            c = CounterMetricFamily(
+                "meshapi_source_bad_objects",
+                "Malformed Kubernetes objects skipped by the source, by resource",
+                labels=["kind"],
+            )
+            for kind, n in self._source.bad_object_counts().items():
+                c.add_metric([kind], n)
+            yield c
         if self._recovery is not None:
             core = self._recovery.core
             lost = GaugeMetricFamily(
@@ -126,6 +151,7 @@ def status_document(
     service: MeshApiService,
     writer: RecordWriter,
     recovery: StoreRecovery | None = None,
+    source: KubeSource | None = None,
 ) -> dict[str, Any]:
     per_kind: dict[str, int] = {}
     for item in cache.full.values():
@@ -143,6 +169,7 @@ def status_document(
             item.key.rsplit("/", 1)[-1] for item in cache.full.values() if item.kind == "peers"
         ),
         "recovery": recovery.status() if recovery is not None else None,
+        "source": source.status() if source is not None else {"type": "standalone"},
     }
 
 
@@ -154,10 +181,18 @@ def build_http_app(
     writer: RecordWriter,
     recovery: StoreRecovery | None = None,
     extra_status: Callable[[], Mapping[str, Any]] | None = None,
+    source: KubeSource | None = None,
 ) -> web.Application:
     registry = CollectorRegistry()
     registry.register(
-        MeshApiCollector(cell=cell, cache=cache, service=service, writer=writer, recovery=recovery)
+        MeshApiCollector(
+            cell=cell,
+            cache=cache,
+            service=service,
+            writer=writer,
+            recovery=recovery,
+            source=source,
+        )
     )
 
     async def healthz(_: web.Request) -> web.Response:
@@ -168,6 +203,9 @@ def build_http_app(
             return web.Response(status=503, text="etcd not reachable\n")
         if not cache.synced.is_set():
             return web.Response(status=503, text="watch cache not synced\n")
+        if source is not None and not source.synced:
+            waiting = ", ".join(k for k, v in source.status()["kinds"].items() if not v["synced"])
+            return web.Response(status=503, text=f"Kubernetes source not synced: {waiting}\n")
         return web.Response(text="ready\n")
 
     async def metrics(_: web.Request) -> web.Response:
@@ -175,7 +213,12 @@ def build_http_app(
 
     async def status(_: web.Request) -> web.Response:
         doc = status_document(
-            cell=cell, cache=cache, service=service, writer=writer, recovery=recovery
+            cell=cell,
+            cache=cache,
+            service=service,
+            writer=writer,
+            recovery=recovery,
+            source=source,
         )
         if extra_status is not None:
             doc.update(extra_status())

@@ -14,6 +14,7 @@ from meshapi.resync import DEFAULT_LOST_STATE_GRACE, DEFAULT_RESYNC_GRACE
 from meshcore.flags import cidr, host_port
 from meshcore.logs import configure_logging
 from meshcore.model import check_cell_name
+from meshcore.model.names import check_dns_label
 
 
 def _etcd_endpoint(url: str) -> str:
@@ -50,6 +51,26 @@ def _etcd_endpoint(url: str) -> str:
     help="After an etcd wipe: seconds the agents keep services/peers lost with the store "
     "(reported by `meshctl status`) before their canaries are written and they are deleted.",
 )
+@click.option(
+    "--source",
+    default="standalone",
+    show_default=True,
+    type=click.Choice(["standalone", "kubernetes"]),
+    help="Where services, endpoints, nodes and peers come from: admin writes into etcd "
+    "(standalone) or a Kubernetes API that meshapi lists and watches (kubernetes).",
+)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="With --source kubernetes: the kubeconfig to use (default: in-cluster service account).",
+)
+@click.option("--kube-context", help="With --kubeconfig: the context to use (default: current).")
+@click.option(
+    "--kube-namespace",
+    default="cellmesh",
+    show_default=True,
+    help="With --source kubernetes: the namespace of the cellmesh-peers ConfigMap.",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def main(
     cell: str,
@@ -64,6 +85,10 @@ def main(
     history_events: int,
     resync_grace: float,
     lost_state_grace: float,
+    source: str,
+    kubeconfig: Path | None,
+    kube_context: str | None,
+    kube_namespace: str,
     log_level: str,
 ) -> None:
     """Serve one cell's records to its agents and its connected peers (gRPC over mTLS)."""
@@ -71,6 +96,16 @@ def main(
         check_cell_name(cell)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--cell") from e
+    try:
+        check_dns_label(kube_namespace)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--kube-namespace") from e
+    if source != "kubernetes" and kubeconfig is not None:
+        raise click.BadParameter("only with --source kubernetes", param_hint="--kubeconfig")
+    if kube_context is not None and kubeconfig is None:
+        raise click.BadParameter(
+            "needs --kubeconfig (in-cluster mode has no contexts)", param_hint="--kube-context"
+        )
     config = MeshApiConfig(
         cell=cell,
         cell_id=cell_id,
@@ -84,6 +119,10 @@ def main(
         history_events=history_events,
         resync_grace=resync_grace,
         lost_state_grace=lost_state_grace,
+        source=source,
+        kubeconfig=kubeconfig,
+        kube_context=kube_context,
+        kube_namespace=kube_namespace,
     )
     configure_logging(log_level)
     try:

@@ -46,9 +46,11 @@ class StoreRecovery:
         self.steps = 0  # evaluations since start (tests wait on it)
 
     def mark_all_synced(self) -> None:
-        """A store meshapi has no memory of (start-up): every kind is complete as it is."""
+        """A store meshapi has no memory of (start-up): every kind is complete as it is (but
+        the external ones: their source marks them)."""
         for kind in CANARY_KINDS:
-            self.writer.mark_synced(kind)
+            if kind not in self.core.external_kinds:
+                self.writer.mark_synced(kind)
 
     def on_reset(self) -> None:
         """The store was wiped (cache callback, after its relist of the new store)."""

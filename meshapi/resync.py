@@ -131,6 +131,9 @@ class WipeRecovery:
     cell: str
     resync_grace: float = DEFAULT_RESYNC_GRACE
     lost_state_grace: float = DEFAULT_LOST_STATE_GRACE
+    # Kinds another component re-writes and re-marks itself after a wipe (the Kubernetes
+    # source): never withheld here, never reported lost.
+    external_kinds: frozenset[Kind] = frozenset()
     wipes: int = field(default=0, init=False)
     released: dict[Kind, Release] = field(default_factory=dict, init=False)  # since last wipe
     _before: dict[str, Record] = field(default_factory=dict, init=False)
@@ -155,13 +158,17 @@ class WipeRecovery:
         self.wipes += 1
         self._since = now
         self.released = {}
-        self._withheld = {kind: KindWait(since=now) for kind in CANARY_KINDS}
+        self._withheld = {
+            kind: KindWait(since=now) for kind in CANARY_KINDS if kind not in self.external_kinds
+        }
 
     def _index(self) -> None:
         nodes: dict[Kind, set[str]] = {kind: set() for kind in SOURCE_KINDS}
         candidates: dict[Kind, list[LostRecord]] = {kind: [] for kind in OPERATOR_KINDS}
         for key, record in sorted(self._before.items()):
             kind = kind_of_key(key)
+            if kind in self.external_kinds:
+                continue
             if kind in SOURCE_KINDS and (node := _node_of(record)) is not None:
                 nodes[kind].add(node)
             elif kind in OPERATOR_KINDS:

@@ -102,11 +102,15 @@ class MeshApiService:
         writer: RecordWriter,
         policy: CellPolicy,
         recovery: StoreRecovery | None = None,
+        source_kinds: frozenset[Kind] = frozenset(),
     ) -> None:
         self.cache = cache
         self.writer = writer
         self.policy = policy
         self.recovery = recovery
+        # Kinds a Kubernetes source owns: a write of them by anyone else (an admin, an agent
+        # still registering) would fight the source, so it is refused with what to do instead.
+        self.source_kinds = source_kinds
         self.requests: Counter[tuple[str, str]] = Counter()
         self.watchers: Counter[str] = Counter()
         self.denied: Counter[str] = Counter()
@@ -229,6 +233,8 @@ class MeshApiService:
                 raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"more than {MAX_WRITE_OPS} ops in one write"
                 )
+            for key in [p.key for p in request.puts] + list(request.deletes):
+                self._refuse_source_kind(kind_of_key(key))  # from admins and agents alike
             puts: list[tuple[str, bytes]] = []
             for put in request.puts:
                 record = decode_record(put.key, put.value)
@@ -244,6 +250,23 @@ class MeshApiService:
 
         return await self._guard("Write", context, body())
 
+    def _refuse_source_kind(self, kind: Kind) -> None:
+        if kind not in self.source_kinds:
+            return
+        instead = {
+            Kind.SERVICE: "create, annotate or delete the Service in the cluster "
+            "(service.cilium.io/global etc.)",
+            Kind.ENDPOINT: "scale or change the Service's pods (their EndpointSlices)",
+            Kind.NODE: "nodes come from the cluster's Node objects",
+            Kind.PEER: "use `meshctl connect --kube-context CTX --destination-kube-context CTX2` "
+            "(it writes the cellmesh-peers ConfigMap)",
+        }[kind]
+        raise Abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"cell {self.policy.cell!r} is fed by Kubernetes: its {kind} come from the cluster's "
+            f"API and cannot be written here; {instead}",
+        )
+
     def _check_own_cell(self, key: str, record: Record) -> None:
         cell = getattr(record, "cell", None)
         if cell != self.policy.cell:
@@ -254,6 +277,7 @@ class MeshApiService:
     ) -> pb.ManifestResponse:
         async def body() -> pb.ManifestResponse:
             self.policy.check_admin(_caller(context))
+            self._refuse_source_kind(Kind.SERVICE)
             source = cut(request.source or "<manifest>")  # echoed in every message: cut
             puts: list[tuple[str, bytes]] = []
             warnings: list[str] = []
@@ -277,6 +301,7 @@ class MeshApiService:
     ) -> pb.ManifestResponse:
         async def body() -> pb.ManifestResponse:
             self.policy.check_admin(_caller(context))
+            self._refuse_source_kind(Kind.SERVICE)
             source = cut(request.source or "<manifest>")
             keys = [
                 service_key(self.policy.cell, *service_ref_from_manifest(doc, source=source))

@@ -32,6 +32,7 @@ from meshctl.contexts import (
     use_context,
 )
 from meshctl.explain_commands import explain_group
+from meshctl.install_commands import install_command, uninstall_command
 from meshctl.lab import lab_group
 from meshctl.mesh_commands import apply_command, delete_command, services_command
 from meshctl.output import format_table, output_option
@@ -181,6 +182,8 @@ cli.add_command(disconnect_command)
 cli.add_command(status_command)
 cli.add_command(explain_group)
 cli.add_command(connectivity_group)
+cli.add_command(install_command)
+cli.add_command(uninstall_command)
 
 
 def main() -> None:

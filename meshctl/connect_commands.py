@@ -8,6 +8,14 @@ and ids, pod and node CIDRs not overlapping -> the desired Peer records compared
 ones -> only what differs is written. Re-running writes nothing; ``--dry-run`` stops after the
 preflight. ``disconnect`` deletes the same records.
 
+By kube context (``--kube-context A --destination-kube-context B``): each cell's meshapi is
+found from its Service (``meshctl.kube.access``; ``--endpoint`` / ``--destination-endpoint`` win),
+the preflight is the same, and the Peer records are written where Kubernetes mode keeps them --
+each cluster's ConfigMap ``cellmesh/cellmesh-peers`` (``meshctl.kube.peerstore``, server-side
+apply), which meshapi's Kubernetes source turns into Peer records; so the peering survives an
+etcd wipe.
+The cells' current peers are read from those ConfigMaps, not from meshapi.
+
 Modes (Cilium's): bidirectional -- each cell's record for the other watches and exports;
 unicast A -> B -- A's agents read B and B never reads A: A's record for B has ``export`` off (B's
 agents are refused by A), B's record for A has ``watch`` off (a grant: B's meshapi admits A's
@@ -17,22 +25,32 @@ agents, B's agents do not watch A).
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import click
 
 from certs import CertError, ExpiryStatus, describe_certificate, inspect_certificate, verify_chain
 from certs.inspection import CertificateInfo
 from certs.pemfiles import parse_certificate
-from meshcore.client import MeshApiError, MeshClient
+from meshcore.client import MeshApiError, MeshClient, PeerUnavailable
 from meshcore.model import ClashKind, Kind, Peer, find_cell_clash, find_peer_id_clash, peer_key
 from meshcore.tls import TlsConfigError
-from meshctl.contexts import Context, ContextError, ContextSelection, resolve_context
+from meshctl.contexts import (
+    Context,
+    ContextError,
+    ContextSelection,
+    InvalidContextError,
+    check_server,
+    resolve_context,
+)
+from meshctl.kube.access import KubeCellContext, kube_cell_context, read_server_certificate
+from meshctl.kube.options import KUBECONFIG_OPTION
+from meshctl.kube.peerstore import read_peers, where, write_peers
 from meshctl.mesh_commands import describe_mesh_error
 from meshctl.peering import (
     BIDIRECTIONAL,
@@ -90,21 +108,7 @@ def fetch_server_certificate(ctx: Context, *, timeout: float = 5.0) -> bytes:
     Not verified here on purpose: an expired or foreign certificate must be described, not
     refused (``check_server_certificate`` judges it; gRPC verifies for real).
     """
-    host, _, port = ctx.server.rpartition(":")
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    tls.check_hostname = False
-    tls.verify_mode = ssl.CERT_NONE
-    tls.load_cert_chain(ctx.tls_dir / "tls.crt", ctx.tls_dir / "tls.key")
-    tls.set_alpn_protocols(["h2"])
-    host = host.strip("[]")
-    with (
-        socket.create_connection((host, int(port)), timeout=timeout) as sock,
-        tls.wrap_socket(sock, server_hostname=ctx.server_name or host) as conn,
-    ):
-        der = conn.getpeercert(binary_form=True)
-    if not der:
-        raise OSError("the server sent no certificate")
-    return der
+    return read_server_certificate(ctx.server, ctx.tls_dir, ctx.server_name, timeout=timeout)
 
 
 def _name_matches(info: CertificateInfo, host: str) -> bool:
@@ -138,10 +142,15 @@ def check_server_certificate(cell: Cell, other: Context, der: bytes, warnings: l
     host = ctx.server_name or ctx.server.rpartition(":")[0].strip("[]")
     if not _name_matches(info, host):
         valid = ", ".join([*info.dns_names, *info.ip_addresses]) or "no names"
+        fix = (
+            "re-run 'meshctl install' for that cell"
+            if isinstance(ctx, KubeCellContext)
+            else f"set the name the certificate has with 'meshctl context add {ctx.name} "
+            "--server-name NAME ...'"
+        )
         raise PreflightError(
             f"{what} is valid for {valid}, not for {host!r}, which agents of {other.name!r} will "
-            f"dial: reissue it with that name (meshctl certs issue --dns/--ip), or set the name "
-            f"the certificate has with 'meshctl context add {ctx.name} --server-name NAME ...'"
+            f"dial: reissue it with that name (meshctl certs issue --dns/--ip), or {fix}"
         )
 
 
@@ -204,12 +213,33 @@ async def fetch_cell(ctx: Context) -> Cell:
             records, _ = await client.list([Kind.PEER])
     except TlsConfigError as e:
         raise PreflightError(f"context {ctx.name!r}: cannot load TLS files: {e}") from e
-    except MeshApiError as e:
+    except PeerUnavailable as e:
+        if isinstance(ctx, KubeCellContext):
+            raise PreflightError(
+                f"{describe_mesh_error(e, ctx)} -- check that meshapi runs in kube context "
+                f"{ctx.kube_context!r} and that {ctx.server} (from {ctx.source}) is reachable "
+                "from here: a timeout usually means a security group or firewall drops TCP to "
+                f"port {ctx.server.rpartition(':')[2]}"
+            ) from e
         raise PreflightError(
             f"{describe_mesh_error(e, ctx)} -- check that it runs and that the context points "
             f"at it ('meshctl context add {ctx.name} --server HOST:PORT ...')"
         ) from e
-    peers = {r.name: r for _, r in records if isinstance(r, Peer)}
+    except MeshApiError as e:
+        if isinstance(ctx, KubeCellContext):
+            raise PreflightError(
+                f"{describe_mesh_error(e, ctx)} (kube context {ctx.kube_context!r}, address from "
+                f"{ctx.source})"
+            ) from e
+        raise PreflightError(
+            f"{describe_mesh_error(e, ctx)} -- check that it runs and that the context points "
+            f"at it ('meshctl context add {ctx.name} --server HOST:PORT ...')"
+        ) from e
+    if isinstance(ctx, KubeCellContext):
+        # Kubernetes mode: the cluster's ConfigMap is the peering; meshapi's records follow it.
+        peers = await asyncio.to_thread(read_peers, ctx, info.config.name)
+    else:
+        peers = {r.name: r for _, r in records if isinstance(r, Peer)}
     return Cell(ctx, info.config, peers)
 
 
@@ -230,6 +260,13 @@ async def preflight(a: Context, b: Context, warnings: list[str]) -> tuple[Cell, 
 
 
 async def _write(cell: Cell, *, puts: Sequence[Peer] = (), deletes: Sequence[str] = ()) -> None:
+    if isinstance(cell.ctx, KubeCellContext):
+        peers = {**cell.peers, **{p.name: p for p in puts}}
+        gone = {p.name for p in cell.peers.values() if peer_key(cell.name, p.name) in deletes}
+        kept = {n: p for n, p in peers.items() if n not in gone}
+        await asyncio.to_thread(write_peers, cell.ctx, cell.name, kept)
+        cell.peers = kept
+        return
     try:
         async with _client(cell.ctx) as client:
             await client.write(puts=puts, deletes=deletes)
@@ -250,11 +287,59 @@ def _reported() -> Iterator[None]:
         raise click.ClickException(str(e)) from e
 
 
-def _contexts(
-    selection: ContextSelection, context: str | None, destination: str
-) -> tuple[Context, Context]:
-    a = resolve_context(selection.config_path, context or selection.context_name)
-    b = resolve_context(selection.config_path, destination)
+def _contexts(selection: ContextSelection, chosen: dict[str, Any]) -> tuple[Context, Context]:
+    """Both cells: by meshctl context (``--context``/``--destination-context``), or by kube
+    context (``--kube-context``/``--destination-kube-context``, endpoints optional)."""
+    kube_a, kube_b = chosen["kube_context"], chosen["destination_kube_context"]
+    by_kube = kube_a is not None or kube_b is not None
+    if by_kube:
+        mixed = [
+            flag
+            for flag, key in (("--context", "context_name"), ("--destination-context", "dest"))
+            if chosen[key] is not None
+        ]
+        if mixed:
+            raise click.UsageError(
+                f"{' and '.join(mixed)} cannot be combined with --kube-context / "
+                "--destination-kube-context: address both cells the same way"
+            )
+        if kube_b is None:
+            raise click.UsageError("--kube-context needs --destination-kube-context")
+        for flag in ("endpoint", "destination_endpoint"):
+            if chosen[flag] is not None:
+                try:
+                    check_server(chosen[flag])
+                except InvalidContextError as e:
+                    raise click.UsageError(f"--{flag.replace('_', '-')}: {e}") from None
+        ka = kube_cell_context(
+            kube_a,
+            config_path=selection.config_path,
+            kubeconfig=chosen["kubeconfig"],
+            endpoint=chosen["endpoint"],
+            endpoint_flag="--endpoint",
+        )
+        kb = kube_cell_context(
+            kube_b,
+            config_path=selection.config_path,
+            kubeconfig=chosen["kubeconfig"],
+            endpoint=chosen["destination_endpoint"],
+            endpoint_flag="--destination-endpoint",
+        )
+        if ka.name == kb.name:
+            raise click.UsageError(
+                f"--kube-context and --destination-kube-context are both {ka.name!r}"
+            )
+        return ka, kb
+    for flag in ("endpoint", "destination_endpoint", "kubeconfig"):
+        if chosen[flag] is not None:
+            option = "--" + flag.replace("_", "-")
+            raise click.UsageError(f"{option} needs --kube-context / --destination-kube-context")
+    if chosen["dest"] is None:
+        raise click.UsageError(
+            "missing --destination-context (or --kube-context A --destination-kube-context B)"
+        )
+    a = resolve_context(selection.config_path, chosen["context_name"] or selection.context_name)
+    b = resolve_context(selection.config_path, chosen["dest"])
     if a.name == b.name:
         raise click.UsageError(f"--context and --destination-context are both {a.name!r}")
     return a, b
@@ -271,10 +356,34 @@ def _options(fn: Callable[..., None]) -> Callable[..., None]:
             ),
             click.option(
                 "--destination-context",
-                required=True,
+                "dest",
                 metavar="NAME",
                 help="Context of the cell to connect to.",
             ),
+            click.option(
+                "--kube-context",
+                metavar="NAME",
+                help="Kube context of the source cell (its meshapi Service) instead of "
+                "--context [default with --destination-kube-context: the current one].",
+            ),
+            click.option(
+                "--destination-kube-context",
+                metavar="NAME",
+                help="Kube context of the cell to connect to.",
+            ),
+            click.option(
+                "--endpoint",
+                metavar="HOST:PORT",
+                help="The source cell's meshapi address (instead of its Service's LoadBalancer "
+                "ingress).",
+            ),
+            click.option(
+                "--destination-endpoint",
+                metavar="HOST:PORT",
+                help="The destination cell's meshapi address, e.g. an NLB's DNS name and port "
+                "(instead of its Service's LoadBalancer ingress).",
+            ),
+            KUBECONFIG_OPTION,
             click.option(
                 "--connection-mode",
                 type=click.Choice([BIDIRECTIONAL, UNICAST]),
@@ -289,23 +398,27 @@ def _options(fn: Callable[..., None]) -> Callable[..., None]:
     return click.pass_obj(fn)
 
 
+def _where(cell: Cell) -> str:
+    """Where a cell's Peer records live, for the progress lines."""
+    if isinstance(cell.ctx, KubeCellContext):
+        return f" [{where(cell.ctx)}]"
+    return ""
+
+
 @click.command("connect")
 @_options
 @click.option("--dry-run", is_flag=True, help="Run the preflight checks only; change nothing.")
 def connect_command(
-    selection: ContextSelection,
-    context_name: str | None,
-    destination_context: str,
-    connection_mode: str,
-    dry_run: bool,
+    selection: ContextSelection, connection_mode: str, dry_run: bool, **chosen: Any
 ) -> None:
     """Connect two cells: preflight, then a Peer record in each.
 
     Unicast: the source's record watches the destination; the destination's only admits the
-    source's agents (it never reads the source).
+    source's agents (it never reads the source). With kube contexts the records are written
+    into each cluster's ConfigMap cellmesh/cellmesh-peers.
     """
     with _reported():
-        a, b = _contexts(selection, context_name, destination_context)
+        a, b = _contexts(selection, chosen)
         warnings: list[str] = []
         try:
             cell_a, cell_b = asyncio.run(preflight(a, b, warnings))
@@ -319,11 +432,15 @@ def connect_command(
         changes = desired_peers(cell_a, cell_b, connection_mode)
         changes = [(src, p) for src, p in changes if src.peers.get(p.name) != p]
         for src, p in changes:
-            verb = "would update" if p.name in src.peers else "would add"
+            existed = p.name in src.peers
+            verb = "would update" if existed else "would add"
             if not dry_run:
                 asyncio.run(_write(src, puts=[p]))
-                verb = "updated" if p.name in src.peers else "added"
-            click.echo(f"cell {src.name}: peer {p.name} ({p.address}) {verb} ({describe_peer(p)})")
+                verb = "updated" if existed else "added"
+            click.echo(
+                f"cell {src.name}: peer {p.name} ({p.address}) {verb} ({describe_peer(p)})"
+                + _where(src)
+            )
     if not changes:
         click.echo(f"{cell_a.name} and {cell_b.name} are already connected ({connection_mode}).")
     if dry_run:
@@ -334,12 +451,7 @@ def connect_command(
 
 @click.command("disconnect")
 @_options
-def disconnect_command(
-    selection: ContextSelection,
-    context_name: str | None,
-    destination_context: str,
-    connection_mode: str,
-) -> None:
+def disconnect_command(selection: ContextSelection, connection_mode: str, **chosen: Any) -> None:
     """Disconnect two cells: delete their Peer records (agents drain the peer at once).
 
     Unicast removes the source's watch of the destination and the destination's grant to the
@@ -349,7 +461,7 @@ def disconnect_command(
     destination context's server is still removed; its own record waits for a re-run.
     """
     with _reported():
-        a, b = _contexts(selection, context_name, destination_context)
+        a, b = _contexts(selection, chosen)
         cell_a, cell_b, unreachable = asyncio.run(_fetch_for_disconnect(a, b))
         if cell_b is None:
             assert unreachable is not None
@@ -358,7 +470,7 @@ def disconnect_command(
                 raise unreachable
             for name in gone:
                 asyncio.run(_write(cell_a, deletes=[peer_key(cell_a.name, name)]))
-                click.echo(f"cell {cell_a.name}: peer {name} removed")
+                click.echo(f"cell {cell_a.name}: peer {name} removed{_where(cell_a)}")
             # Both modes leave a record in the destination (unicast: its grant to this cell).
             raise PreflightError(
                 f"{unreachable}; the Peer record for {cell_a.name} in the cell behind context "
@@ -368,10 +480,12 @@ def disconnect_command(
         for src, name, keep in undesired_peers(cell_a, cell_b, connection_mode):
             if keep is None:
                 asyncio.run(_write(src, deletes=[peer_key(src.name, name)]))
-                click.echo(f"cell {src.name}: peer {name} removed")
+                click.echo(f"cell {src.name}: peer {name} removed{_where(src)}")
             else:
                 asyncio.run(_write(src, puts=[keep]))
-                click.echo(f"cell {src.name}: peer {name} kept ({describe_peer(keep)})")
+                click.echo(
+                    f"cell {src.name}: peer {name} kept ({describe_peer(keep)}){_where(src)}"
+                )
             removed += 1
     if removed:
         click.echo(f"Disconnected {cell_a.name} and {cell_b.name} ({connection_mode}).")

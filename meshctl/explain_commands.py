@@ -1,12 +1,14 @@
 """``meshctl explain service NS/NAME --node CELL/NODE``: why each backend is (not) in a node's maps.
 
-Flow: the contexts file -> the context of CELL (``--context``, else the one whose meshapi says it
-is CELL) -> that cell's service, endpoints, Peer records, Node and ``AgentStatus`` records ->
-for every peer, the context of the peer cell (found the same way; a missing or unreachable one
-is reported, never fatal) -> its service and endpoints -> ``explain_service`` (pure:
-``meshcore.lbpolicy.cell_source`` with the peer states of the node's agent report -- the rule
-the agent uses -- then ``merge_service``) -> per frontend, every candidate endpoint with its
-state, whether it is selected, and the reason sentence (``Reason.describe()``) -> a table or JSON.
+Flow: the contexts file -> the context of CELL (``--context``, or ``--kube-context``: the cell
+behind a kube context's meshapi Service; else the one whose meshapi says it is CELL) -> that cell's
+service, endpoints, Peer records, Node and ``AgentStatus`` records -> for every peer, the context
+of the peer cell (found the same way, among the meshctl contexts and the kube contexts ``meshctl
+install`` set up from here; a missing or unreachable one is reported, never fatal) -> its service
+and endpoints -> ``explain_service`` (pure: ``meshcore.lbpolicy.cell_source`` with the peer states
+of the node's agent report -- the rule the agent uses -- then ``merge_service``) -> per frontend,
+every candidate endpoint with its state, whether it is selected, and the reason sentence
+(``Reason.describe()``) -> a table or JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -49,7 +52,10 @@ from meshctl.contexts import (
     ContextSelection,
     load_config,
 )
+from meshctl.kube.access import installed_kube_contexts, kube_cell_context
+from meshctl.kube.options import kube_cell, kube_options
 from meshctl.output import format_table, output_option
+from meshctl.status_commands import connecting_hint
 
 __all__ = ["CellView", "Explanation", "Row", "explain_group", "explain_service"]
 
@@ -129,10 +135,13 @@ def explain_service(
     views: Mapping[str, CellView],
     peer_states: Mapping[str, str],
     notes: Sequence[str] = (),
+    addresses: Mapping[str, str] | None = None,
 ) -> Explanation:
     """The node's view of ``ref``: ``views`` by cell (``cell``'s own view included) and the
-    agent's peer states (cell -> state; empty when the agent has not reported). Pure."""
+    agent's peer states (cell -> state; empty when the agent has not reported); ``addresses``:
+    each peer's meshapi address from the Peer records. Pure."""
     notes = list(notes)
+    addresses = addresses or {}
     peers = sorted(c for c in views if c != cell)
     if peers and not peer_states:
         notes.append("peer states unknown (no agent report)")
@@ -155,6 +164,8 @@ def explain_service(
             continue
         if state in PARTIAL_STATES:
             notes.append(f"cell {name!r} is {state}: the agent may not hold all its records yet")
+        if state == "connecting" and name in addresses:
+            notes.append(f"cell {name!r} is connecting: {connecting_hint(name, addresses[name])}")
         if state == STALE_STATE:
             notes.append(f"cell {name!r} is stale: its last-known-good backends are kept")
         sources[name] = source
@@ -242,20 +253,33 @@ def _view(cell: str, cell_id: CellId, records: Sequence[Any], ref: ServiceRef) -
 
 
 async def gather(
-    selection: ContextSelection, context_name: str | None, ref: ServiceRef, cell: str, node: str
+    selection: ContextSelection,
+    context_name: str | None,
+    ref: ServiceRef,
+    cell: str,
+    node: str,
+    *,
+    kube: Context | None = None,
+    kube_peers: Sequence[Context] = (),
+    kube_failed: Mapping[str, str] | None = None,
 ) -> Explanation:
-    """Read every cell and explain; ContextError / MeshApiError when the node's cell fails."""
+    """Read every cell and explain; ContextError / MeshApiError when the node's cell fails.
+
+    ``kube``: the node's cell by kube context; ``kube_peers``: the other installed kube
+    contexts' cells, candidates for the peers (``kube_failed``: those that did not resolve).
+    """
     config = load_config(selection.config_path)
     where = str(selection.config_path)
-    if context_name is not None:
-        own = config.get(context_name)
+    candidates = [config.contexts[n] for n in sorted(config.contexts)] + list(kube_peers)
+    if kube is not None or context_name is not None:
+        own = kube if kube is not None else config.get(str(context_name))
         actual = await _cell_of(own)
         if actual != cell:
-            raise ContextError(f"context {context_name!r} is cell {actual!r}, not {cell!r}")
+            raise ContextError(f"context {own.name!r} is cell {actual!r}, not {cell!r}")
         found: dict[str, Context] = {cell: own}
         failed: dict[str, str] = {}
     else:
-        found, failed = await _discover([config.contexts[n] for n in sorted(config.contexts)])
+        found, failed = await _discover(candidates)
         if cell not in found:
             raise ContextError(_missing(cell, failed, where))
     kinds = [Kind.SERVICE, Kind.ENDPOINT, Kind.PEER, Kind.NODE, Kind.AGENT]
@@ -272,9 +296,10 @@ async def gather(
         if age > AGENT_STATUS_STALE_AFTER:
             notes.append(f"the agent's report is {age:.0f}s old: peer states may be out of date")
     peers = sorted((r for r in records if isinstance(r, Peer)), key=lambda p: p.name)
-    if context_name is not None and peers:
-        more, failed = await _discover([config.contexts[n] for n in sorted(config.contexts)])
+    if (context_name is not None or kube is not None) and peers:
+        more, failed = await _discover(candidates)
         found = {**more, cell: found[cell]}
+    failed = {**(kube_failed or {}), **failed}
     for peer in peers:
         ctx = found.get(peer.name)
         if ctx is None:
@@ -292,7 +317,13 @@ async def gather(
             )
         views[peer.name] = _view(peer.name, peer_id, peer_records, ref)
     return explain_service(
-        ref, cell=cell, node=node, views=views, peer_states=peer_states, notes=notes
+        ref,
+        cell=cell,
+        node=node,
+        views=views,
+        peer_states=peer_states,
+        notes=notes,
+        addresses={p.name: p.address for p in peers},
     )
 
 
@@ -363,6 +394,24 @@ def explanation_text(ex: Explanation) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _kube_candidates(
+    selection: ContextSelection, own: str, kubeconfig: Path | None
+) -> tuple[list[Context], dict[str, str]]:
+    """The cells of the other kube contexts installed from here, and why some did not resolve."""
+    found: list[Context] = []
+    failed: dict[str, str] = {}
+    for name in installed_kube_contexts(selection.config_path):
+        if name == own:
+            continue
+        try:
+            found.append(
+                kube_cell_context(name, config_path=selection.config_path, kubeconfig=kubeconfig)
+            )
+        except ContextError as e:
+            failed[name] = str(e)
+    return found, failed
+
+
 def _split(value: str, what: str, example: str) -> tuple[str, str]:
     left, slash, right = value.partition("/")
     if not slash or not left or not right or "/" in right:
@@ -384,6 +433,7 @@ def explain_group() -> None:
     metavar="NAME",
     help="The context of the node's cell [default: the context whose meshapi is that cell].",
 )
+@kube_options
 @output_option()
 @click.pass_context
 def explain_service_command(
@@ -391,9 +441,16 @@ def explain_service_command(
     service_ref: str,
     node_ref: str,
     context_name: str | None,
+    kube_context: str | None,
+    endpoint: str | None,
+    kubeconfig: Path | None,
     output: str,
 ) -> None:
-    """Every backend of a service in every cell, and why it is or is not in a node's maps."""
+    """Every backend of a service in every cell, and why it is or is not in a node's maps.
+
+    With --kube-context the node's cell is that kube context's; the peers' cells are looked
+    for among the meshctl contexts and the kube contexts 'meshctl install' set up.
+    """
     ref = ServiceRef(*_split(service_ref, "service", "NAMESPACE/NAME"))
     cell, node = _split(node_ref, "--node", "CELL/NODE")
     root = click_ctx.find_root().obj
@@ -403,7 +460,28 @@ def explain_service_command(
         else ContextSelection(DEFAULT_CONFIG_PATH.expanduser())
     )
     try:
-        ex = asyncio.run(gather(selection, context_name, ref, cell, node))
+        kube = kube_cell(
+            selection.config_path,
+            kube_context=kube_context,
+            endpoint=endpoint,
+            kubeconfig=kubeconfig,
+            context_name=context_name,
+        )
+        kube_peers, kube_failed = (
+            _kube_candidates(selection, kube.name, kubeconfig) if kube else ([], {})
+        )
+        ex = asyncio.run(
+            gather(
+                selection,
+                context_name,
+                ref,
+                cell,
+                node,
+                kube=kube,
+                kube_peers=kube_peers,
+                kube_failed=kube_failed,
+            )
+        )
     except ContextError as e:
         raise click.ClickException(str(e)) from e
     except (MeshApiError, TlsConfigError) as e:

@@ -3,11 +3,12 @@
 Flow: the global ``--config``/``--context`` options (``cli``) -> ``ContextSelection.resolve`` ->
 ``MeshClient`` (mTLS gRPC) -> the meshapi admin API (``ApplyManifest``, ``DeleteManifest``,
 ``List``) -> one line per service on stdout, warnings on stderr as ``warning: ...``. Each command
-runs its own event loop (``asyncio.run``). Files are checked before anything is sent: YAML that
-parses (aliases bounded), at least one Service document, no unknown annotation value (apply).
-Every failure -- a refused file, a context problem, a TLS directory that does not load, a
-``MeshApiError`` -- becomes a one-line ``click.ClickException`` (exit 1) carrying the file's or
-the server's message; never a traceback.
+runs its own event loop (``asyncio.run``). ``services --kube-context CTX`` reads the cell found
+from its meshapi Service instead (``meshctl.kube.access``); same output. Files are checked before
+anything is sent: YAML that parses (aliases bounded), at least one Service document, no unknown
+annotation value (apply). Every failure -- a refused file, a context problem, a TLS directory that
+does not load, a ``MeshApiError`` -- becomes a one-line ``click.ClickException`` (exit 1) carrying
+the file's or the server's message; never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 import click
@@ -35,6 +37,7 @@ from meshcore.model import Endpoint, Kind, ManifestError, RecordError, Service, 
 from meshcore.model.manifest import check_annotation_values, document_kind, load_documents
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection
+from meshctl.kube.options import kube_cell, kube_options
 from meshctl.output import format_table, output_option
 
 __all__ = [
@@ -266,11 +269,29 @@ def _services_table(rows: list[ServiceRow]) -> str:
 
 
 @click.command("services")
+@kube_options
 @output_option()
 @click.pass_obj
-def services_command(selection: ContextSelection, output: str) -> None:
-    """List the cell's services with their frontends and backends."""
-    ctx = _selected_context(selection)
+def services_command(
+    selection: ContextSelection,
+    kube_context: str | None,
+    endpoint: str | None,
+    kubeconfig: Path | None,
+    output: str,
+) -> None:
+    """List the cell's services with their frontends and backends.
+
+    The cell is the global --context, or a kube context (--kube-context: its meshapi
+    Service's LoadBalancer ingress, or --endpoint).
+    """
+    with _reported_errors():
+        kube = kube_cell(
+            selection.config_path,
+            kube_context=kube_context,
+            endpoint=endpoint,
+            kubeconfig=kubeconfig,
+        )
+    ctx = kube or _selected_context(selection)
     with _reported_errors(ctx):
         rows = asyncio.run(_fetch_services(ctx))
     if output == "json":

@@ -1,6 +1,7 @@
 """``meshctl status [--wait]``: is the cell's meshapi up, which peers it has, what its agents see.
 
-Flow: the selected context -> ``GetCell`` and ``List`` (heartbeat, Peer records, ``AgentStatus``
+Flow: the selected context (or ``--kube-context``: the cell's meshapi Service, see
+``meshctl.kube.access``) -> ``GetCell`` and ``List`` (heartbeat, Peer records, ``AgentStatus``
 records) on the cell's meshapi -> ``status_document`` (pure: ages, per agent and per watched cell
 its state and counts, and the ``problems`` that keep the cell from being ready) -> a table or
 JSON. ``--wait`` polls until nothing is left in ``problems``: the meshapi answers, at least one
@@ -9,7 +10,7 @@ agent reports, and every reporting agent is ready and sees its own cell and ever
 
 ``-o json`` is a stable document (``schema: cellmesh.status/v1``); fields are only ever added::
 
-    {"schema", "context", "server", "time", "ready", "problems": [str],
+    {"schema", "context", "server", "time", "ready", "problems": [str], "hints": [str],
      "meshapi": {"reachable", "error", "cell", "cell_id", "revision", "heartbeat_age"},
      "peers": [{"name", "id", "address", "tls_server_name", "watch", "export"}],
      "agents": [{"node", "reporting", "report_age", "ready", "reason", "services", "backends",
@@ -20,6 +21,8 @@ agent reports, and every reporting agent is ready and sees its own cell and ever
      "recovery": {"recovering", "withheld": [kind],
                   "lost": [{"key", "kind", "name", "restore", "grace_left"}]}}
 
+``hints`` says what most often causes a problem shown: a peer that stays ``connecting`` is
+most often a TCP timeout to its meshapi port (security group / firewall), with the port.
 ``recovery`` reports an etcd wipe of the cell: records only an operator wrote (services, peers)
 that the wipe lost, each with the command that restores it; the agents keep them (last-known-good)
 for ``grace_left`` more seconds. A lost record is a problem (not ready) until it is restored.
@@ -31,6 +34,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -39,10 +43,11 @@ from meshcore.client import MeshApiError, MeshClient
 from meshcore.model import AGENT_STATUS_STALE_AFTER, AgentStatus, Heartbeat, Kind, Peer
 from meshcore.tls import TlsConfigError
 from meshctl.contexts import Context, ContextError, ContextSelection
+from meshctl.kube.options import kube_cell, kube_options
 from meshctl.mesh_commands import describe_mesh_error
 from meshctl.output import format_table, output_option
 
-__all__ = ["parse_duration", "status_command", "status_document"]
+__all__ = ["connecting_hint", "parse_duration", "status_command", "status_document"]
 
 SCHEMA = "cellmesh.status/v1"
 COUNTED_KINDS = (Kind.NODE, Kind.ENDPOINT, Kind.SERVICE, Kind.IDENTITY)
@@ -122,6 +127,32 @@ def _error_of(report: dict[str, Any]) -> str:
     return f" ({report['error_class'] or 'error'}: {report['last_error']})"
 
 
+def connecting_hint(peer: str, address: str) -> str:
+    """Why a peer stays ``connecting``, most often: the seed's TCP timeout to the meshapi port."""
+    port = address.rpartition(":")[2]
+    return (
+        f"most often a TCP timeout to {peer}'s meshapi at {address}: allow TCP port {port} "
+        f"from this cell's nodes to it (security group / firewall rules), and check that "
+        f"{address} is the address of {peer}'s meshapi (load balancer)"
+    )
+
+
+def _hints(agents: list[dict[str, Any]], addresses: dict[str, str]) -> list[str]:
+    """Troubleshooting for what the problems show: a peer some agent sees ``connecting``."""
+    stuck = sorted(
+        {
+            p["cell"]
+            for a in agents
+            if a["reporting"]
+            for p in a["peers"]
+            if p["state"] == "connecting" and p["cell"] in addresses
+        }
+    )
+    return [
+        f"cell {name} is connecting: {connecting_hint(name, addresses[name])}" for name in stuck
+    ]
+
+
 def _agent_problems(agent: dict[str, Any], cell: str, connected: set[str]) -> list[str]:
     node = agent["node"]
     if not agent["reporting"]:
@@ -184,6 +215,7 @@ def status_document(
         "time": now,
         "ready": not problems,
         "problems": problems,
+        "hints": _hints(agents, {p.name: p.address for p in peers}),
         "meshapi": {
             "reachable": cell is not None,
             "error": error,
@@ -313,6 +345,7 @@ def format_status(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Status:  ready" if doc["ready"] else "Status:  not ready")
     lines.extend(f"  - {problem}" for problem in doc["problems"])
+    lines.extend(f"  hint: {hint}" for hint in doc.get("hints") or [])
     return "\n".join(lines)
 
 
@@ -334,6 +367,7 @@ def _format_lost(recovery: dict[str, Any]) -> list[str]:
     metavar="NAME",
     help="Context (cell) to report on [default: the global --context or current].",
 )
+@kube_options
 @click.option("--wait", is_flag=True, help="Wait until the cell and all its agents are ready.")
 @click.option(
     "--wait-duration",
@@ -347,15 +381,31 @@ def _format_lost(recovery: dict[str, Any]) -> list[str]:
 def status_command(
     selection: ContextSelection,
     context_name: str | None,
+    kube_context: str | None,
+    endpoint: str | None,
+    kubeconfig: Path | None,
     wait: bool,
     wait_duration: float,
     output: str,
 ) -> None:
-    """Show the cell's meshapi, its peers, and what each of its agents sees of every cell."""
+    """Show the cell's meshapi, its peers, and what each of its agents sees of every cell.
+
+    The cell is a meshctl context (--context), or a kube context (--kube-context: its meshapi
+    Service's LoadBalancer ingress, or --endpoint).
+    """
     try:
-        ctx = ContextSelection(
-            selection.config_path, context_name or selection.context_name
-        ).resolve()
+        ctx = (
+            kube_cell(
+                selection.config_path,
+                kube_context=kube_context,
+                endpoint=endpoint,
+                kubeconfig=kubeconfig,
+                context_name=context_name,
+            )
+            or ContextSelection(
+                selection.config_path, context_name or selection.context_name
+            ).resolve()
+        )
         doc = asyncio.run(wait_status(ctx, wait=wait_duration if wait else None))
     except ContextError as e:
         raise click.ClickException(str(e)) from e
@@ -364,7 +414,8 @@ def status_command(
     click.echo(json.dumps(doc, indent=2) if output == "json" else format_status(doc))
     if wait and not doc["ready"]:
         raise click.ClickException(
-            f"cell not ready after {wait_duration:g}s: " + "; ".join(doc["problems"])
+            f"cell not ready after {wait_duration:g}s: "
+            + "; ".join([*doc["problems"], *(f"hint: {h}" for h in doc["hints"])])
         )
     if not doc["meshapi"]["reachable"]:
         raise click.ClickException(doc["meshapi"]["error"] or "meshapi not reachable")

@@ -4,6 +4,8 @@ Start: load the BPF object and attach it to the agent's cgroup (pins are reused:
 detaches), open the pinned maps, restore the view, start the agent, the registration loop, the
 status publisher (`nodeagent.report`: the node's `AgentStatus` through the own meshapi) and the
 HTTP server. Stop: stop watching and serving; the datapath and routes stay (stop is not remove).
+With ``node_from_record`` (`--registration kubernetes`) there is no registrar: the agent is a
+`NodeRecordAgent`, ready only once its cell holds its Node record (`nodeagent.ownnode`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from meshcore.client import MeshApiError, MeshClient
 from meshcore.model import AGENT_STATUS_INTERVAL
 from nodeagent.agent import Agent, AgentConfig, RouteProgrammer
 from nodeagent.http import build_http_app
+from nodeagent.ownnode import NodeRecordAgent
 from nodeagent.registration import Registrar
 from nodeagent.report import StatusPublisher
 
@@ -47,6 +50,7 @@ class AgentApp:
         *,
         http: str,
         registrar: Registrar | None = None,
+        node_from_record: bool = False,
         datapath: DatapathConfig | None = None,
         maps: LbMaps | None = None,
         routes: RouteProgrammer | None = None,
@@ -55,9 +59,12 @@ class AgentApp:
     ) -> None:
         if (datapath is None) == (maps is None):
             raise ValueError("give either a datapath to load or maps to use")
+        if node_from_record and registrar is not None:
+            raise ValueError("a node whose record comes from the cluster registers nothing")
         self.config = config
         self.http = http
         self.registrar = registrar
+        self.node_from_record = node_from_record
         self.datapath = datapath
         self._maps = maps
         self.routes = routes
@@ -85,7 +92,8 @@ class AgentApp:
             self.loader = loader
             maps = PinnedLbMaps(loader.maps_dir, sizes=dp.map_sizes)
         assert maps is not None
-        self.agent = Agent(self.config, maps=maps, routes=self.routes)
+        agent_class = NodeRecordAgent if self.node_from_record else Agent
+        self.agent = agent_class(self.config, maps=maps, routes=self.routes)
         await self.agent.start()
         self._client = MeshClient(
             self.config.meshapi, self.config.tls_dir, server_name=self.config.server_name

@@ -1,21 +1,33 @@
-"""``nodeagent`` console script: parse and validate flags, then run `AgentApp` until signalled."""
+"""``nodeagent`` console script: parse and validate flags, then run `AgentApp` until signalled.
+
+Two registrations (`--registration`): ``standalone`` (the agent writes its node record from
+`--node-address`/`--pod-cidr` and its endpoints from `--workloads`) and ``kubernetes`` (in a
+cluster: meshapi's Kubernetes source writes them; the agent waits for its Node record, and may
+attach to the cgroup2 root the DaemonSet mounts). The node name is `--node` or, from the
+downward API, the variable named by `--node-name-from-env`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
 import click
 
 from bpf.layout import LB_MAP_MAX_DEFAULT, LB_MAP_MAX_MIN, MapSizes
+from bpf.loader import pin_root
 from meshcore.flags import cidr, host_port, ip
 from meshcore.logs import configure_logging
-from meshcore.model import check_cell_name
+from meshcore.model import check_cell_name, check_dns_subdomain
 from nodeagent.agent import AgentConfig
 from nodeagent.app import OBJECT_PATH, AgentApp, DatapathConfig
+from nodeagent.ownnode import NodeNameError, Registration, node_name_from_env
 from nodeagent.registration import Registrar
 from nodeagent.routes import RouteTable
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
 
 
 def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
@@ -28,7 +40,23 @@ def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cell", required=True, callback=_cell, help="This node's cell.")
-@click.option("--node", required=True, help="This node's name.")
+@click.option("--node", default=None, help="This node's name (or --node-name-from-env).")
+@click.option(
+    "--node-name-from-env",
+    "node_env",
+    metavar="VAR",
+    default=None,
+    help="Take the node name from environment variable VAR (in a DaemonSet: the downward "
+    "API's spec.nodeName).",
+)
+@click.option(
+    "--registration",
+    type=click.Choice([r.value for r in Registration]),
+    default=Registration.STANDALONE.value,
+    show_default=True,
+    help="standalone: the agent writes its node and endpoints from its flags; kubernetes: "
+    "meshapi's Kubernetes source does, the agent waits for its Node record.",
+)
 @click.option("--meshapi", required=True, help="The own cell's meshapi, HOST:PORT.")
 @click.option("--meshapi-server-name", default=None, help="TLS server name of the own meshapi.")
 @click.option(
@@ -38,16 +66,22 @@ def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
     "--cgroup",
     required=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="cgroup v2 directory the socket LB attaches to (never the root cgroup).",
+    help="cgroup v2 directory the socket LB attaches to (the root cgroup only with "
+    "--registration kubernetes: the host's cgroup2 root the DaemonSet mounts).",
 )
 @click.option(
     "--pin-dir",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False, path_type=Path),
-    help="bpffs directory for this agent's pins, e.g. /sys/fs/bpf/cellmesh/NODE.",
+    help="bpffs directory for this agent's pins.  [default: /sys/fs/bpf/cellmesh/NODE]",
 )
 @click.option("--http", default="127.0.0.1:9090", show_default=True, help="HTTP HOST:PORT.")
-@click.option("--netns", default=None, help="Network namespace for routes (ip netns name).")
+@click.option(
+    "--netns",
+    default=None,
+    help="Network namespace for routes (ip netns name). Without it: no routes, except with "
+    "--registration kubernetes: routes in the agent's own namespace (hostNetwork: the host's).",
+)
 @click.option(
     "--stale-ttl",
     type=click.FloatRange(min=1),
@@ -83,12 +117,14 @@ def _cell(_: click.Context, __: click.Parameter, value: str) -> str:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def main(
     cell: str,
-    node: str,
+    node: str | None,
+    node_env: str | None,
+    registration: str,
     meshapi: str,
     meshapi_server_name: str | None,
     tls_dir: Path,
     cgroup: Path,
-    pin_dir: Path,
+    pin_dir: Path | None,
     http: str,
     netns: str | None,
     stale_ttl: float | None,
@@ -102,16 +138,34 @@ def main(
     log_level: str,
 ) -> None:
     """Node agent: watch every connected cell, merge global services, program the datapath."""
+    node = _node_name(node, node_env)
+    in_cluster = Registration(registration) is Registration.KUBERNETES
     host_port(meshapi, "--meshapi")
     host_port(http, "--http")
-    if cgroup.resolve() in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+    if cgroup.resolve() in CGROUP_ROOTS and not in_cluster:
         raise click.BadParameter(
-            "refusing the root cgroup: make a directory for the agent", param_hint="--cgroup"
+            "refusing the root cgroup: make a directory for the agent (only an in-cluster "
+            "agent, --registration kubernetes, attaches to the cgroup2 root)",
+            param_hint="--cgroup",
         )
+    if in_cluster:
+        for flag, given in (
+            ("--node-address", node_addresses),
+            ("--pod-cidr", pod_cidrs),
+            ("--workloads", workloads),
+        ):
+            if given:
+                raise click.BadParameter(
+                    "not allowed with --registration kubernetes: the node's addresses, pod "
+                    "CIDRs and endpoints come from the cluster's Node and EndpointSlice objects",
+                    param_hint=flag,
+                )
     for value in node_addresses:
         ip(value, "--node-address")
     for value in pod_cidrs:
         cidr(value, "--pod-cidr")
+    if pin_dir is None:
+        pin_dir = pin_root(node)
     configure_logging(log_level)
     config = AgentConfig(
         cell=cell,
@@ -130,15 +184,32 @@ def main(
         config,
         http=http,
         registrar=registrar,
+        node_from_record=in_cluster,
         datapath=DatapathConfig(
             cgroup=cgroup,
             pin_dir=pin_dir,
             object_path=bpf_object,
             map_sizes=MapSizes.from_lb_map_max(bpf_lb_map_max),
         ),
-        routes=RouteTable(netns=netns) if netns else None,
+        routes=RouteTable(netns=netns) if netns or in_cluster else None,
     )
     asyncio.run(_run(app))
+
+
+def _node_name(node: str | None, var: str | None) -> str:
+    """Exactly one of --node and --node-name-from-env; the name a DNS-1123 subdomain."""
+    if (node is None) == (var is None):
+        raise click.UsageError("give exactly one of --node NAME and --node-name-from-env VAR")
+    if var is not None:
+        try:
+            return node_name_from_env(var, os.environ)
+        except NodeNameError as e:
+            raise click.BadParameter(str(e), param_hint="--node-name-from-env") from e
+    assert node is not None
+    try:
+        return check_dns_subdomain(node)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--node") from e
 
 
 async def _run(app: AgentApp) -> None:

@@ -4,8 +4,10 @@ Sources (the Kubernetes watch, ``meshctl apply``) call ``parse_service_annotatio
 result into a ``Service`` record; its warnings travel with the record to status and metrics.
 An unknown value never drops the service: it falls back to that key's default and adds a warning
 naming the key and the value. The legacy ``io.cilium/*`` keys are accepted; the new key wins when
-both are set. As in Cilium, ``shared`` and ``affinity`` only apply to a global service: a service
-that is not global is never shared and has no affinity.
+both are set. ``default_global`` is the default when neither global key is set (the Kubernetes
+source passes True for a Namespace annotated ``clustermesh.cilium.io/global: "true"``). As in
+Cilium, ``shared`` and ``affinity`` only apply to a global service: a service that is not global
+is never shared and has no affinity.
 """
 
 from __future__ import annotations
@@ -130,11 +132,16 @@ def _affinity(
     return value
 
 
-def parse_service_annotations(annotations: Mapping[str, str]) -> ServiceFlags:
-    """The flags that ``annotations`` ask for; problems become warnings, never errors."""
+def parse_service_annotations(
+    annotations: Mapping[str, str], *, default_global: bool = False
+) -> ServiceFlags:
+    """The flags that ``annotations`` ask for; problems become warnings, never errors.
+    ``default_global``: whether the service is global when no global annotation is set."""
     warnings: list[str] = []
     unknown: list[UnknownValue] = []
-    global_ = _bool(_pick(annotations, GLOBAL, LEGACY_GLOBAL, warnings), False, warnings, unknown)
+    global_ = _bool(
+        _pick(annotations, GLOBAL, LEGACY_GLOBAL, warnings), default_global, warnings, unknown
+    )
     shared = _bool(_pick(annotations, SHARED, LEGACY_SHARED, warnings), True, warnings, unknown)
     affinity_setting = _pick(annotations, AFFINITY, LEGACY_AFFINITY, warnings)
     affinity = _affinity(affinity_setting, warnings, unknown)

@@ -355,16 +355,17 @@ def _ports(spec: Mapping[str, Any], source: str) -> list[_Port]:
 
 
 def service_from_manifest(
-    doc: Mapping[str, Any], *, cell: str, source: str = "<manifest>"
+    doc: Mapping[str, Any], *, cell: str, source: str = "<manifest>", default_global: bool = False
 ) -> Service:
-    """The ``Service`` record that cell ``cell`` publishes for a ``v1/Service`` manifest."""
+    """The ``Service`` record that cell ``cell`` publishes for a ``v1/Service`` manifest.
+    ``default_global``: global unless its own annotation says otherwise (a global Namespace)."""
     try:
         check_cell_name(cell)
     except ValueError as e:
         raise ManifestError(source, "", f"cell: {e}") from None
     namespace, name = service_ref_from_manifest(doc, source=source)
     metadata = _mapping(doc.get("metadata"), "metadata", source)
-    flags = parse_service_annotations(_annotations(metadata, source))
+    flags = parse_service_annotations(_annotations(metadata, source), default_global=default_global)
     spec = _mapping(doc.get("spec"), "spec", source)
     vips = _cluster_ips(spec, source)
     ports = _ports(spec, source)

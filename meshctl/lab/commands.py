@@ -24,7 +24,8 @@ from meshctl.contexts import ContextSelection
 from meshctl.lab import control, procs
 from meshctl.lab.down import leftovers, teardown
 from meshctl.lab.driver import exec_argv
-from meshctl.lab.state import LabState, StateError, load_state
+from meshctl.lab.kubeup import KubeSeedError
+from meshctl.lab.state import SOURCES, LabState, StateError, load_state
 from meshctl.lab.status import status_document, status_tables
 from meshctl.lab.topology import (
     MAX_CELLS,
@@ -106,6 +107,15 @@ def lab_group() -> None:
     show_default=True,
     help="Echo pods per node (backends of demo/echo).",
 )
+@click.option(
+    "--source",
+    type=click.Choice(SOURCES),
+    default="standalone",
+    show_default=True,
+    help="standalone: agents register nodes and endpoints; kubernetes: each cell gets a "
+    "Kubernetes API double holding them as Node, Service and EndpointSlice objects, which "
+    "its meshapi watches (agents run as a DaemonSet runs them).",
+)
 @click.option("--wait", is_flag=True, help="Return once every meshapi and agent is ready.")
 @click.option(
     "--timeout",
@@ -121,6 +131,7 @@ def up_command(
     cells: int,
     nodes: int,
     pods_per_node: int,
+    source: str,
     wait: bool,
     timeout: float,
 ) -> None:
@@ -136,7 +147,7 @@ def up_command(
         plan = plan_lab(name, cells=cells, nodes=nodes, pods_per_node=pods_per_node)
     except TopologyError as e:
         raise click.UsageError(str(e)) from e
-    state = plan_state(plan, config_path=selection.config_path)
+    state = plan_state(plan, config_path=selection.config_path, source=source)
     started = time.monotonic()
     # SIGTERM (kill, a CI timeout) undoes the half-made lab like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -269,7 +280,7 @@ def _control(
     _require_root()
     try:
         action(name, target, component, report=click.echo, **kwargs)
-    except (control.TargetError, StateError) as e:
+    except (control.TargetError, StateError, KubeSeedError) as e:
         raise click.ClickException(str(e)) from None
     except procs.ProcessError as e:
         raise click.ClickException(str(e) + (_tail(e.log) if e.log else "")) from None

@@ -7,7 +7,8 @@ the result in the state file (atomically, ``state.save_state``): a stop signals 
 pid (``procs.terminate``) and marks the process ``stopped``; a start re-runs the argv recorded
 at ``up`` (``procs.spawn``: same flags, same ports, same log) and records the new pid and start
 time. ``wipe`` empties a stopped etcd's data directory. Waiting for a started process to serve
-happens after the lock is released (``procs.wait_serving``).
+happens after the lock is released (``procs.wait_serving``). A started Kubernetes API double
+(``kubeapi``, ``--source kubernetes``) is empty: the lab's own objects are applied to it again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshctl.lab import procs
+from meshctl.lab import kubeup, procs
 from meshctl.lab.state import LabState, ProcessState, StateError, load_state, locked, save_state
 
 __all__ = [
@@ -35,8 +36,8 @@ __all__ = [
     "stop_process",
 ]
 
-KINDS = ("etcd", "meshapi", "agent")
-_SERVE_PATH = {"etcd": "/health", "meshapi": "/healthz", "agent": "/healthz"}
+KINDS = ("etcd", "meshapi", "agent", "kubeapi")  # kubeapi: a lab with --source kubernetes
+_SERVE_PATH = {"etcd": "/health", "kubeapi": "/version", "meshapi": "/healthz", "agent": "/healthz"}
 
 Report = Callable[[str], None]
 
@@ -62,6 +63,13 @@ class Component:
             found = state.node(self.cell, self.node).agent
         elif self.kind == "etcd":
             found = state.cell(self.cell).etcd_process
+        elif self.kind == "kubeapi":
+            found = state.cell(self.cell).kubeapi_process
+            if found is None and state.source != "kubernetes":
+                raise StateError(
+                    f"lab {state.name!r} has no Kubernetes API doubles (its source is "
+                    f"{state.source}; 'lab up --source kubernetes' makes them)"
+                )
         else:
             found = state.cell(self.cell).meshapi_process
         if found is None:
@@ -72,6 +80,8 @@ class Component:
         if self.node is not None:
             return state.node(self.cell, self.node).http
         cell = state.cell(self.cell)
+        if self.kind == "kubeapi":
+            return cell.kubeapi or ""
         return cell.etcd if self.kind == "etcd" else cell.meshapi_http
 
 
@@ -134,7 +144,9 @@ def start_process(process: ProcessState) -> bool:
     if running(process):
         return False
     cgroup = Path(process.cgroup) if process.cgroup else None
-    process.pid, process.starttime = procs.spawn(process.argv, log=Path(process.log), cgroup=cgroup)
+    process.pid, process.starttime = procs.spawn(
+        process.argv, log=Path(process.log), cgroup=cgroup, env=process.env
+    )
     process.stopped = False
     return True
 
@@ -272,7 +284,16 @@ def start_components(
                 report(f"{component.label}: data directory {directory} emptied")
         targets = _start_all(state, components, report=report)
     _wait(components, targets, timeout)
+    _reseed(name, components, report)
     return components
+
+
+def _reseed(name: str, components: list[Component], report: Report) -> None:
+    """A started API double is empty: write the lab's own objects into it again."""
+    cells = [c.cell for c in components if c.kind == "kubeapi"]
+    if cells:
+        count = kubeup.seed(load_state(name), cells=cells)
+        report(f"{count} lab objects written again into the API double of {', '.join(cells)}")
 
 
 def restart_components(
@@ -290,4 +311,5 @@ def restart_components(
         _stop_all(state, components, sig=sig, timeout=timeout, wipe=wipe, report=report)
         targets = _start_all(state, components, report=report)
     _wait(components, targets, timeout)
+    _reseed(name, components, report)
     return components

@@ -4,8 +4,11 @@ What to remove is the union of what the state file records and what a sweep find
 lab's unique names (``topology.owns_*``): processes (recorded pid + start time; the lab's
 daemons by their state-directory argument; anything living in a lab namespace or cgroup), then
 bpffs pins (links first, so the programs detach), cgroups (empty by then), namespaces (their
-veths go with them), the lab's contexts (``<lab>-<cell>`` whose TLS directory is the lab's), and
-the state directory. Every step is idempotent; a second ``down`` finds nothing and succeeds.
+veths go with them), the lab's contexts (``<lab>-<cell>`` whose TLS directory is the lab's) and
+kube admin links (``--source kubernetes``: symlinks into the lab's directory), and the state
+directory. The Kubernetes API doubles are lab processes like etcd (recorded, or found by their
+``--kubeconfig`` argument inside the lab's directory). Every step is idempotent; a second
+``down`` finds nothing and succeeds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshctl.contexts import ContextError, delete_context, load_config
+from meshctl.kube.access import admin_tls_dir
 from meshctl.lab import netns, procs
+from meshctl.lab.kubeup import unlink_admin
 from meshctl.lab.state import LabState, StateError, load_state, state_dir
 from meshctl.lab.topology import CELL_NAMES, owns_cgroup, owns_netns, owns_pin
 
@@ -117,6 +122,7 @@ def teardown(
         paths.add(Path(state.config_path))
     for path in sorted(paths):
         _remove_contexts(report, name, path, directory)
+        _remove_kube_admin(report, name, path, directory)
     if directory.exists():
         shutil.rmtree(directory, ignore_errors=True)
         if directory.exists():
@@ -163,6 +169,18 @@ def _empty_cgroup(name: str) -> None:
     if pids:
         found = [(pid, st) for pid in pids if (st := procs.read_starttime(pid)) is not None]
         procs.terminate(found, timeout=5.0)
+
+
+def _remove_kube_admin(report: DownReport, name: str, path: Path, directory: Path) -> None:
+    """Remove the admin links of ``--source kubernetes`` (``<config dir>/kube/<lab>-<cell>/
+    admin``) that point into the lab's directory; anything else there is left alone."""
+    for cell in CELL_NAMES:
+        link = admin_tls_dir(path, f"{name}-{cell}")
+        try:
+            if unlink_admin(link, directory):
+                report.count("kube admin links")
+        except OSError as e:
+            report.problems.append(f"cannot remove {link}: {e.strerror}")
 
 
 def _remove_contexts(report: DownReport, name: str, path: Path, directory: Path) -> None:

@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -107,15 +107,21 @@ def alive(pid: int | None, starttime: int | None) -> bool:
 
 
 def spawn(
-    argv: Sequence[str], *, log: Path, cgroup: Path | None = None, append: bool = True
+    argv: Sequence[str],
+    *,
+    log: Path,
+    cgroup: Path | None = None,
+    append: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[int, int]:
-    """Start argv detached (own session, stdin /dev/null, output to log); in cgroup if given.
+    """Start argv detached (own session, stdin /dev/null, output to log); in cgroup if given,
+    with ``env`` added to this process's environment.
 
     Returns (pid, starttime).
     """
     full = ["sh", "-c", CGROUP_JOIN, "sh", str(cgroup), *argv] if cgroup else list(argv)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     try:
         with log.open("ab" if append else "wb") as out:
             proc = subprocess.Popen(
@@ -172,10 +178,12 @@ def _wait_gone(pending: set[tuple[int, int]], timeout: float) -> set[tuple[int, 
 
 
 DAEMONS = ("etcd", "meshapi", "nodeagent")
+MODULE_DAEMONS = ("meshctl.lab.kubeapi",)  # run as ``python -m MODULE``
 
 
 def pids_with_argument_under(directory: Path) -> list[tuple[int, int]]:
-    """The lab's daemons (etcd, meshapi, nodeagent) found by a path inside ``directory``.
+    """The lab's daemons (etcd, meshapi, nodeagent, the Kubernetes API doubles) found by a path
+    inside ``directory``.
 
     Finds them when the state file lost their pids (a crash between start and record): each
     one names a path inside the lab's own state directory on its command line, which no other
@@ -193,7 +201,8 @@ def pids_with_argument_under(directory: Path) -> list[tuple[int, int]]:
             continue
         argv = [arg.decode(errors="replace") for arg in raw]
         program = {os.path.basename(arg) for arg in argv[:2]}
-        if program & set(DAEMONS) and any(arg.startswith(prefix) for arg in argv[1:]):
+        module = len(argv) > 2 and argv[1] == "-m" and argv[2] in MODULE_DAEMONS
+        if (program & set(DAEMONS) or module) and any(arg.startswith(prefix) for arg in argv[1:]):
             starttime = read_starttime(int(entry))
             if starttime is not None:
                 found.append((int(entry), starttime))

@@ -6,6 +6,10 @@ create — before creating any of it, then each process's pid and start time as 
 ``LabDriver`` adds a pod to the file before creating it and drops it only after it is gone. So
 ``down`` always knows at least as much as exists. Writes are atomic (temporary file + rename);
 read-modify-write cycles hold an exclusive ``flock`` on ``<dir>/lock``.
+
+``source`` says how the cells' meshapis learn nodes and endpoints: ``standalone`` (the agents
+register them) or ``kubernetes`` (each cell has a Kubernetes API double, ``kubeapi``, that the
+lab fills with Node, Service and EndpointSlice objects and its meshapi watches).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 __all__ = [
+    "SOURCES",
     "STATE_ROOT",
     "CellState",
     "LabState",
@@ -37,6 +42,7 @@ __all__ = [
 STATE_ROOT = Path("/run/cellmesh/lab")
 STATE_FILE = "state.json"
 STATE_VERSION = 1
+SOURCES = ("standalone", "kubernetes")
 
 
 class StateError(RuntimeError):
@@ -52,6 +58,7 @@ class ProcessState(BaseModel):
 
     argv: list[str]
     log: str
+    env: dict[str, str] = {}  # added to the lab's environment (a DaemonSet's env, NODE_NAME)
     cgroup: str | None = None
     pid: int | None = None
     starttime: int | None = None
@@ -108,6 +115,13 @@ class CellState(BaseModel):
     etcd_process: ProcessState | None = None
     meshapi_process: ProcessState | None = None
     nodes: list[NodeState] = []
+    # source kubernetes: the cell's API double (HOST:PORT), its process and the cell's own
+    # kubeconfig (one context, current); kube_admin: meshctl's admin TLS directory for the kube
+    # context (`meshctl.kube.access.admin_tls_dir`), a symlink to admin_tls made by the lab.
+    kubeapi: str | None = None
+    kubeapi_process: ProcessState | None = None
+    kubeconfig: str | None = None
+    kube_admin: str | None = None
 
 
 class LabState(BaseModel):
@@ -118,6 +132,8 @@ class LabState(BaseModel):
     config_path: str  # the meshctl contexts file holding the lab's contexts
     underlay: str
     ca_dir: str
+    source: str = "standalone"  # one of SOURCES
+    kubeconfig: str | None = None  # source kubernetes: every cell's context, named as `context`
     cells: list[CellState] = []
 
     def cell(self, name: str) -> CellState:
@@ -146,7 +162,7 @@ class LabState(BaseModel):
     def processes(self) -> list[ProcessState]:
         found: list[ProcessState | None] = []
         for cell in self.cells:
-            found += [cell.etcd_process, cell.meshapi_process]
+            found += [cell.etcd_process, cell.kubeapi_process, cell.meshapi_process]
             for node in cell.nodes:
                 found.append(node.agent)
                 found.extend(pod.process for pod in node.pods)

@@ -16,6 +16,11 @@ docs/lab.md); fields are only ever added::
                                      "alive", "state", "ready", "services": ["ns/name"],
                                      "ports": [{"name", "port", "protocol"}]}]}]}]}
 
+Added with ``--source kubernetes``: top-level ``"source": "standalone|kubernetes"`` and
+``"kubeconfig"`` (the lab's combined kubeconfig, null in standalone); per cell ``"kubeapi"``
+(``{"address", "pid", "alive", "state", "healthy", "log", "kubeconfig"}``, null in standalone;
+``healthy``: ``/version`` answered 200).
+
 ``alive``: the recorded pid runs with its recorded start time. ``state``: ``running``,
 ``stopped`` (by ``lab stop``; pid null), ``exited`` (the recorded pid is gone though nobody
 stopped it: a crash) or ``not-started``. ``healthy`` (etcd), ``ready``
@@ -32,7 +37,7 @@ from typing import Any
 
 from meshctl.contexts import ContextError, load_config
 from meshctl.lab import netns, procs
-from meshctl.lab.state import LabState, ProcessState, state_dir
+from meshctl.lab.state import CellState, LabState, ProcessState, state_dir
 from meshctl.output import format_table
 
 __all__ = ["SCHEMA", "status_document", "status_tables"]
@@ -57,6 +62,7 @@ def status_document(state: LabState) -> dict[str, Any]:
     wanted = [(c.etcd, "/health") for c in state.cells]
     wanted += [(c.meshapi_http, "/readyz") for c in state.cells]
     wanted += [(n.http, "/readyz") for c in state.cells for n in c.nodes]
+    wanted += [(c.kubeapi, "/version") for c in state.cells if c.kubeapi is not None]
     with ThreadPoolExecutor(max_workers=16) as pool:
         codes = list(pool.map(lambda t: procs.http_status(*t), wanted))
     probes = dict(zip(wanted, codes, strict=True))
@@ -117,6 +123,7 @@ def status_document(state: LabState) -> dict[str, Any]:
                     "http": cell.meshapi_http,
                     "ready": probes[(cell.meshapi_http, "/readyz")] == 200,
                 },
+                "kubeapi": _kubeapi(cell, probes),
                 "nodes": nodes,
             }
         )
@@ -126,6 +133,8 @@ def status_document(state: LabState) -> dict[str, Any]:
         "phase": state.phase,
         "state_dir": str(state_dir(state.name)),
         "config": state.config_path,
+        "source": state.source,
+        "kubeconfig": state.kubeconfig,
         "healthy": False,
         "underlay": {"netns": state.underlay, "exists": state.underlay in present},
         "cells": cells,
@@ -134,10 +143,22 @@ def status_document(state: LabState) -> dict[str, Any]:
     return doc
 
 
+def _kubeapi(cell: CellState, probes: dict[tuple[str, str], int]) -> dict[str, Any] | None:
+    if cell.kubeapi is None:
+        return None
+    return _process(cell.kubeapi_process) | {
+        "address": cell.kubeapi,
+        "healthy": probes[(cell.kubeapi, "/version")] == 200,
+        "kubeconfig": cell.kubeconfig,
+    }
+
+
 def _healthy(doc: dict[str, Any]) -> bool:
     checks: list[bool] = [doc["underlay"]["exists"]]
     for cell in doc["cells"]:
         checks += [cell["etcd"]["alive"], cell["etcd"]["healthy"]]
+        if cell["kubeapi"] is not None:
+            checks += [cell["kubeapi"]["alive"], cell["kubeapi"]["healthy"]]
         checks += [cell["meshapi"]["alive"], cell["meshapi"]["ready"]]
         for node in cell["nodes"]:
             checks += [node["netns_exists"], node["agent"]["alive"], node["agent"]["ready"]]
@@ -189,9 +210,21 @@ def status_tables(doc: dict[str, Any]) -> str:
                         "yes" if pod["ready"] else "no",
                     )
                 )  # fmt: skip
+    kube = [c for c in doc["cells"] if c.get("kubeapi")]
     parts = [
         f"Lab {doc['lab']} ({doc['phase']}, {'healthy' if doc['healthy'] else 'NOT healthy'}); "
         f"underlay {doc['underlay']['netns']}; contexts in {doc['config']}",
+    ]
+    if kube:
+        parts.append(
+            f"Source kubernetes; kubeconfig {doc['kubeconfig']}; API doubles: "
+            + ", ".join(
+                f"{c['name']} {c['kubeapi']['address']} pid {_pid(c['kubeapi'])}"
+                f"{'' if c['kubeapi']['healthy'] else ' (NOT serving)'}"
+                for c in kube
+            )
+        )
+    parts += [
         "",
         format_table(
             ("CELL", "ID", "POD-CIDR", "CONTEXT", "MESHAPI", "PID", "READY", "ETCD-PID", "ETCD-OK"),

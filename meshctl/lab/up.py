@@ -1,5 +1,10 @@
 """``lab up``: plan, record, then build: PKI, namespaces, cgroups, etcd, meshapi, agents, pods.
 
+With ``--source kubernetes`` (``state.source``) each cell also gets a Kubernetes API double
+between etcd and meshapi, filled with the lab's objects (``kubeup``, ``kubeseed``); meshapi
+watches it (``--source kubernetes``) and the agents run as a DaemonSet runs them
+(``--node-name-from-env NODE_NAME --registration kubernetes``, no workloads file).
+
 Flow: `plan_state` (topology + free loopback ports → a `LabState` naming everything) →
 `save_state` (before anything exists) → `build`, one step at a time, each reported by
 `Progress` as one line on stderr; the state is saved again as each process starts. A step that
@@ -22,7 +27,8 @@ from pathlib import Path
 from certs import CertError, Role, create_ca, issue_certificate
 from meshcore.localetcd import free_loopback_port
 from meshctl.contexts import Context, ContextError, add_context
-from meshctl.lab import netns, pods, procs
+from meshctl.lab import kubeup, netns, pods, procs
+from meshctl.lab.argv import agent_argv, etcd_argv, meshapi_argv
 from meshctl.lab.state import (
     STATE_ROOT,
     CellState,
@@ -52,8 +58,6 @@ __all__ = [
 FAILED_LOGS = STATE_ROOT.parent / "lab-failed"
 
 TRUST_DOMAIN_SUFFIX = "lab.cellmesh.local"
-HEARTBEAT_INTERVAL = "1"  # meshapi: seconds between heartbeats
-HEARTBEAT_TIMEOUT = "10"  # nodeagent: a peer silent this long is stale
 
 
 class UpError(RuntimeError):
@@ -111,7 +115,7 @@ class _Ports:
                 return port
 
 
-def plan_state(plan: LabPlan, *, config_path: Path) -> LabState:
+def plan_state(plan: LabPlan, *, config_path: Path, source: str = "standalone") -> LabState:
     directory = state_dir(plan.name)
     ports = _Ports()
     cells = []
@@ -167,14 +171,20 @@ def plan_state(plan: LabPlan, *, config_path: Path) -> LabState:
                 nodes=nodes,
             )
         )
-    return LabState(
+    state = LabState(
         name=plan.name,
         created=time.time(),
         config_path=str(config_path),
         underlay=plan.underlay_netns,
         ca_dir=str(directory / "pki" / "ca"),
+        source=source,
         cells=cells,
     )
+    if source == "kubernetes":
+        state.kubeconfig = str(directory / "kubeconfig")
+        for cell_state in state.cells:
+            kubeup.plan_cell(state, cell_state, f"127.0.0.1:{ports.next()}")
+    return state
 
 
 def logs_dir(name: str) -> Path:
@@ -231,7 +241,7 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
                 pods.create_pod(node, pod)
     with progress.step(f"etcd ({len(state.cells)})"):
         for cell in state.cells:
-            argv = _etcd_argv(cell, directory)
+            argv = etcd_argv(cell, directory)
             cell.etcd_process = _start(argv, logs / f"{cell.name}-etcd.log")
         save_state(state)
         procs.wait_serving(
@@ -240,15 +250,19 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
             timeout=timeout,
             what="healthy",
         )
+    kube = state.source == "kubernetes"
+    if kube:
+        with progress.step(f"Kubernetes API doubles ({len(state.cells)})"):
+            try:
+                kubeup.start_doubles(state, logs=logs, timeout=timeout)
+            finally:
+                save_state(state)
+            kubeup.write_kubeconfigs(state)
+        with progress.step("Kubernetes objects (nodes, services, endpoint slices)"):
+            kubeup.seed(state)
     with progress.step(f"meshapi ({len(state.cells)})"):
         for cell in state.cells:
-            argv = [
-                meshapi_bin, "--cell", cell.name, "--cell-id", str(cell.id),
-                "--pod-cidr", cell.pod_cidr, "--node-cidr", cell.node_cidr,
-                "--etcd", f"http://{cell.etcd}", "--listen", cell.meshapi,
-                "--tls-dir", cell.meshapi_tls, "--http", cell.meshapi_http,
-                "--heartbeat-interval", HEARTBEAT_INTERVAL,
-            ]  # fmt: skip
+            argv = meshapi_argv(meshapi_bin, cell)
             cell.meshapi_process = _start(argv, logs / f"{cell.name}-meshapi.log")
         save_state(state)
         procs.wait_serving(
@@ -260,8 +274,13 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
         )  # fmt: skip
     with progress.step(f"node agents ({len(nodes)})"):
         for cell, node in nodes:
-            pods.write_workloads(node)
-            node.agent = _start(agent_argv(agent_bin, cell, node), logs / _agent_log(cell, node))
+            if not kube:  # with kube, the endpoints are the EndpointSlices
+                pods.write_workloads(node)
+            node.agent = _start(
+                agent_argv(agent_bin, cell, node, kube=kube),
+                logs / _agent_log(cell, node),
+                env={"NODE_NAME": node.name} if kube else None,
+            )
         save_state(state)
         procs.wait_serving(
             [_target(f"agent {c.name}/{n.name}", n.http, n.agent) for c, n in nodes],
@@ -283,6 +302,8 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
                 )
             except ContextError as e:
                 raise RuntimeError(str(e)) from e
+        if kube:
+            kubeup.link_admin(state)
     if wait:
         with progress.step("every meshapi and agent ready"):
             targets = [
@@ -294,35 +315,13 @@ def build(state: LabState, *, progress: Progress, wait: bool, timeout: float) ->
     save_state(state)
 
 
-def agent_argv(agent_bin: str, cell: CellState, node: NodeState) -> list[str]:
-    return [
-        agent_bin, "--cell", cell.name, "--node", node.name, "--meshapi", cell.meshapi,
-        "--tls-dir", node.tls_dir, "--cgroup", node.cgroup, "--pin-dir", node.pin_dir,
-        "--http", node.http, "--netns", node.netns, "--node-address", node.address,
-        "--pod-cidr", node.pod_cidr, "--workloads", node.workloads,
-        "--heartbeat-timeout", HEARTBEAT_TIMEOUT,
-    ]  # fmt: skip
-
-
 def _agent_log(cell: CellState, node: NodeState) -> str:
     return f"{cell.name}-{node.name}-agent.log"
 
 
-def _etcd_argv(cell: CellState, directory: Path) -> list[str]:
-    url = f"http://{cell.etcd}"
-    peer = f"http://{cell.etcd_peer}"
-    return [
-        "etcd", "--name", cell.name, "--data-dir", str(directory / "etcd" / cell.name),
-        "--listen-client-urls", url, "--advertise-client-urls", url,
-        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-        "--initial-cluster", f"{cell.name}={peer}", "--initial-cluster-state", "new",
-        "--log-level", "warn",
-    ]  # fmt: skip
-
-
-def _start(argv: list[str], log: Path) -> ProcessState:
-    pid, starttime = procs.spawn(argv, log=log)
-    return ProcessState(argv=argv, log=str(log), pid=pid, starttime=starttime)
+def _start(argv: list[str], log: Path, *, env: dict[str, str] | None = None) -> ProcessState:
+    pid, starttime = procs.spawn(argv, log=log, env=env)
+    return ProcessState(argv=argv, log=str(log), env=env or {}, pid=pid, starttime=starttime)
 
 
 def _check(process: ProcessState | None) -> procs.ProcessCheck:

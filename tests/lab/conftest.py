@@ -126,7 +126,7 @@ def recorded_processes(name: str) -> list[tuple[int, int]]:
         return []
     found = []
     for cell in state["cells"]:
-        blocks = [cell.get("etcd_process"), cell.get("meshapi_process")]
+        blocks = [cell.get(p) for p in ("etcd_process", "kubeapi_process", "meshapi_process")]
         for node in cell["nodes"]:
             blocks.append(node.get("agent"))
             blocks += [pod.get("process") for pod in node["pods"]]

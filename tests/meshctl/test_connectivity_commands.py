@@ -22,8 +22,8 @@ def run(*args: str) -> Result:
     [
         pytest.param([], "pass --multi-cluster (single-cluster mode is not implemented)", id="mc"),
         pytest.param(
-            ["--multi-cluster", "--driver", "kubernetes"],
-            "the Kubernetes driver (a kube context per cell) is future work",
+            ["--multi-cluster", "--driver", "lab", "--kube-context", "cell-1"],
+            "--kube-context needs the Kubernetes driver, not --driver lab",
             id="kubernetes",
         ),
         pytest.param(["--multi-cluster", "--test", "nope"], "no test matches 'nope'", id="pattern"),

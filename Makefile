@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/agent_propagation.py
 	$(BIN)/python bench/scale_peer.py
 	$(BIN)/python bench/wipe_recovery.py
+	$(BIN)/python bench/kube_source.py
 
 # The local two-cell lab, connected, with a global demo service, checked by the connectivity
 # suite; it stays up for you to explore (`make demo-down` or `meshctl lab down` removes it).

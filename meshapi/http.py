@@ -15,6 +15,7 @@ second bookkeeping that could drift from the truth.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -104,6 +105,11 @@ class MeshApiCollector(Collector):
             value=stats.slow_watchers_dropped,
         )
         yield GaugeMetricFamily("meshapi_revision", "Store revision reached", value=cache.revision)
+        yield GaugeMetricFamily(
+            "meshapi_gc_frozen_objects",
+            "Objects kept out of full garbage collections since the initial sync (gc.freeze)",
+            value=gc.get_freeze_count(),
+        )
         yield CounterMetricFamily(
             "meshapi_store_txns", "Write txns landed", value=self._writer.stats.txns
         )

@@ -5,10 +5,10 @@ returns a `Diff`: the puts and deletes that change. Desired records are kept per
 Service, one Service's endpoint set, one Node, the peering ConfigMap -- as key -> bytes, so a
 change costs O(that unit) and a record whose bytes did not change is not written again. An
 EndpointSlice change recomputes only the records of the addresses it added, removed or changed
-(all of the slice's when its ports changed), from the slices listing them: O(that slice), also in
-a Service of thousands of endpoints; a Namespace annotation change re-translates that
-namespace's Services only. A relist is mark-and-sweep: objects of the kind
-that are not in the new listing are deleted, exactly those.
+(all of the slice's when its ports changed), from the slices listing them: O(that slice), also
+in a Service of thousands of endpoints. A Namespace annotation change re-translates that
+namespace's Services only. A relist is mark-and-sweep: objects of the kind that are not in the
+new listing are deleted, exactly those.
 
 Malformed objects (`KubeObjectError`) are skipped and remembered in `bad` (latest error per
 object, cleared when it is fixed or deleted) and counted; their last good records stay, so a

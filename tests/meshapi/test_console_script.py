@@ -46,9 +46,16 @@ def test_meshapi_process_serves_health_metrics_and_status(pki: Pki, etcd: LocalE
         assert status["cell"] == "alpha"
         assert status["ready"] is True
         assert "services" in status["synced_kinds"]
+        # What the initial sync loaded is kept out of the full collections' way.
+        deadline = time.monotonic() + 20
+        while "meshapi_gc_frozen_objects 0.0" in http_get(http_port, "/metrics")[1]:
+            assert time.monotonic() < deadline, "the heap was not frozen after the sync"
+            time.sleep(0.05)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+    assert proc.stdout is not None
+    assert "Heap frozen after the initial sync" in proc.stdout.read().decode()
 
 
 @pytest.mark.parametrize(

@@ -452,15 +452,23 @@ async def test_not_ready_until_the_source_listed(cell: KubeCell) -> None:
 
 async def test_etcd_wipe_writes_the_desired_state_again(cell: KubeCell) -> None:
     seed(cell.api)
+    # The peering lives in the cluster (the ConfigMap), so it survives the wipe too.
+    peer = Peer(cell=CELL, name="beta", id=2, address="127.0.0.1:7443")
+    cell.api.put(peers_configmap("cellmesh", CELL, [peer]))
     app = await cell.start()
     await cell.synced()
-    expected = {svc_key(), ep_key("10.1.1.5"), ep_key("10.1.1.6"), node_key(CELL, "n1")}
+    expected = {
+        svc_key(), ep_key("10.1.1.5"), ep_key("10.1.1.6"), node_key(CELL, "n1"),
+        peer_key(CELL, "beta"),
+    }  # fmt: skip
+    assert expected <= cell.records.keys()
     epoch = app.cache.epoch
     await asyncio.to_thread(cell.etcd.wipe)
     await asyncio.to_thread(cell.etcd.start)
     await cell.until(lambda: app.cache.epoch != epoch, "the wipe noticed")
     await cell.synced()  # the source re-marked its kinds at once: nothing withheld for them
     assert expected <= cell.records.keys()
+    assert cell.records[peer_key(CELL, "beta")] == peer
     assert app.recovery.core.lost() == []
     assert not app.recovery.core.withheld & {Kind.SERVICE, Kind.ENDPOINT, Kind.NODE, Kind.PEER}
 

@@ -1,29 +1,46 @@
-"""Node agent benchmark (issue 4): propagation latency write → BPF map, and CPU per change.
+"""Node agent benchmark (issue 4): write → BPF map, open loop against raw etcd, CPU per change.
 
-Run as root from the repository: ``.venv/bin/python bench/agent_propagation.py [--backends 10000
---changes 200 --warmup 5]``; prints ONE JSON line.
+Run as root from the repository: ``.venv/bin/python bench/agent_propagation.py [--rate 100
+--samples 1000 --backends 10000 --services 2000] [--quick]``; prints ONE JSON line (~45 s;
+--quick: 200 samples a mode, 1,000 backends, 200 services, ~13 s).
 
 Three processes and two etcds, all on loopback, so that this process's CPU is the agent's:
 
 - this one: the alpha node agent (`Agent`, in process) over real pinned maps (`bpf/sock_lb.o`
   loaded, never attached), wrapped to timestamp every map apply;
-- ``cells``: the meshapis of alpha and beta (in-process `MeshApiApp`s, one etcd each), which
-  also make every admin write;
-- ``watcher``: a plain `ListWatcher` of beta's endpoints with an alpha agent certificate, the
-  baseline: write → etcd → meshapi watch cache → gRPC stream → decoded record, no agent logic.
+- ``cells``: the meshapis of alpha and beta (in-process `MeshApiApp`s, one etcd each, the heap
+  frozen once loaded as ``meshapi.main`` does), the load generator and the raw etcd floor;
+- ``watcher``: a plain `ListWatcher` of beta's endpoints with an alpha agent certificate, an
+  intermediate figure: write → etcd → meshapi watch cache → gRPC stream → decoded record.
 
-Set-up: the cells connected both ways, a global service bench/big (VIP 172.20.0.10:80/TCP, never
-dialled) with --backends endpoints in beta and a few in alpha. Then, one at a time, --warmup and
---changes times: add a beta endpoint (``updated_at`` = now) and wait until both the watcher has
-decoded it and the agent's maps hold it in the service. Then an idle period as long as the
-measured changes took, for the CPU baseline. Timestamps are CLOCK_MONOTONIC (`time.monotonic`),
-one clock for all processes on Linux.
+Set-up: the cells connected both ways; in both, global services: bench/big (VIP
+172.20.0.10:80/TCP, never dialled) with --backends endpoints in beta and 3 in alpha, and
+--services small ones bench/s<i> (VIPs in 172.21.0.0/16) with 2 to 5 endpoints each in beta.
 
-CPU: this process's `process_time` (the agent, its gRPC threads, and the bench's own pipe
-reading) and the event loop thread's `thread_time`; inside it, the agent's rounds, their merge
-step, `DesiredLb.set_frontends` / `update_frontend` and `LbMaps.apply` (thin subclasses add
-timers, nothing else), and the cyclic GC (`gc.callbacks`). Everything it starts is stopped and
-removed in ``finally``, also on Ctrl-C or SIGTERM. See docs/benchmarks.md.
+Changes, open loop at --rate per second (issued on schedule, never waiting for earlier ones;
+how late the generator issued each is reported), in rounds that rotate the order of three
+modes so that a noisy shared machine hits each alike:
+
+- ``floor``: a raw etcd put (`EtcdStore.write`) of an endpoint record under ``floor/`` in beta's
+  etcd → its event on a raw etcd watch (`EtcdStore.watch_prefix`), both in the cells process:
+  the least any path through etcd can take;
+- ``realistic``: an admin write adding an endpoint to one of the small services, spread round
+  robin over them → the agent's maps hold it in that service's slots;
+- ``big``: the same for bench/big.
+
+A sample runs from just before the write is issued (cells process) to the event (floor), the
+map apply that put the backend in the service (agent) and the decoded record (watcher).
+Timestamps are CLOCK_MONOTONIC (`time.monotonic`), one clock for all processes on Linux.
+
+CPU, per agent mode, over its rounds (from the first write to the last backend in the maps),
+divided by its changes: this process's `process_time` (the agent, its gRPC threads, and the
+bench's own pipe reading and stamping, the latter reported apart) and the event loop thread's
+`thread_time`; inside it, the agent's rounds, their merge step, `DesiredLb.set_frontends` /
+`update_frontend` and `LbMaps.apply` (thin subclasses add timers, nothing else), and the cyclic
+GC (`gc.callbacks`). The idle baseline is the same counters over the floor rounds (the agent
+receives nothing then: ticks and heartbeats only), scaled to the mode's duration. Everything it
+starts is stopped and removed in ``finally``, also on Ctrl-C or SIGTERM. See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import gc
 import multiprocessing
 import os
@@ -43,7 +59,7 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from multiprocessing.connection import Connection
@@ -51,7 +67,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from harness import BenchError, bench_main, interruptible, raise_on_sigterm
+from harness import BenchError, bench_main, interruptible, paced, raise_on_sigterm, ratio
 
 from bpf.layout import IPPROTO_TCP
 from bpf.lbstate import BackendId, LbDiff
@@ -60,11 +76,12 @@ from bpf.loader import SockLbLoader
 from bpf.pinned_maps import PinnedLbMaps
 from certs import Role, create_ca, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
+from meshapi.etcd_adapter import EtcdStore
 from meshcore.client import MeshClient
 from meshcore.lbpolicy import MergedBackend, ServiceRef
 from meshcore.localetcd import LocalEtcd
 from meshcore.logs import configure_logging
-from meshcore.model import Endpoint, Kind, Peer, Service
+from meshcore.model import Endpoint, Kind, Peer, Service, encode_record
 from meshcore.model.records import EndpointPort
 from meshcore.model.records import Frontend as RecordFrontend
 from meshcore.watch.listwatch import Change, ListWatcher
@@ -82,10 +99,15 @@ CELLS = {
 }
 NAMESPACE, SERVICE = "bench", "big"
 VIP, VIP_PORT, TARGET_PORT = "172.20.0.10", 80, 8080
+SMALL_VIPS = IPv4Network("172.21.0.0/16")
+SMALL_BASE = 40_000  # beta pod numbers from here on are the small services' endpoints
 ALPHA_ENDPOINTS = 3
-WRITE_BATCH = 500  # endpoints per admin write while loading
+WRITE_BATCH = 500  # records per admin write while loading
 HEARTBEAT_INTERVAL = 5.0  # meshapi's default
-CHANGE_TIMEOUT = 30.0
+FLOOR_PREFIX = "floor/"  # outside meshapi's prefix: its watch cache never sees these
+MODES = ("floor", "realistic", "big")
+ROUNDS = 4
+DRAIN_TIMEOUT = 60.0  # after the last change of a round is issued
 SYNC_TIMEOUT = 300.0  # the initial sync merges the growing service once per listing chunk
 
 
@@ -96,11 +118,11 @@ def pod_address(cell: str, n: int) -> IPv4Address:
     return IPv4Network(CELLS[cell][1]).network_address + 1 + n
 
 
-def endpoint(cell: str, n: int, *, updated_at: float = 0.0) -> Endpoint:
+def endpoint(cell: str, n: int, *, service: str = SERVICE, updated_at: float = 0.0) -> Endpoint:
     return Endpoint(
         cell=cell,
         namespace=NAMESPACE,
-        service=SERVICE,
+        service=service,
         address=pod_address(cell, n),
         node="n1",
         ports=[EndpointPort(name="http", port=TARGET_PORT)],
@@ -108,18 +130,39 @@ def endpoint(cell: str, n: int, *, updated_at: float = 0.0) -> Endpoint:
     )
 
 
-def big_service(cell: str) -> Service:
+def global_service(cell: str, name: str, vip: str) -> Service:
     return Service.model_validate(
         {
             "cell": cell,
             "namespace": NAMESPACE,
-            "name": SERVICE,
-            "frontends": [{"name": "http", "vip": ip_address(VIP), "port": VIP_PORT}],
+            "name": name,
+            "frontends": [{"name": "http", "vip": ip_address(vip), "port": VIP_PORT}],
             "global": True,
             "shared": True,
             "affinity": "none",
         }
     )
+
+
+def big_service(cell: str) -> Service:
+    return global_service(cell, SERVICE, VIP)
+
+
+def small_name(i: int) -> str:
+    return f"s{i}"
+
+
+def small_vip(i: int) -> str:
+    return str(SMALL_VIPS.network_address + 1 + i)
+
+
+def small_size(i: int) -> int:
+    """Endpoints of small service i at the start: 2 to 5."""
+    return 2 + i % 4
+
+
+def small_total(services: int) -> int:
+    return sum(small_size(i) for i in range(services))
 
 
 # --- pipes between the processes ----------------------------------------------------------
@@ -188,16 +231,103 @@ def child_entry(conn: Connection, main: Callable[..., Any], *args: Any) -> None:
         raise
 
 
-# --- the cells process: both meshapis, and every admin write ------------------------------
+# --- the cells process: both meshapis, every write, and the raw etcd floor -----------------
+
+
+@dataclass
+class Cells:
+    """The cells process's state: its meshapis, admin clients, shape and raw etcd floor."""
+
+    etcd: dict[str, str]
+    apps: dict[str, MeshApiApp] = field(default_factory=dict)
+    admins: dict[str, MeshClient] = field(default_factory=dict)
+    backends: int = 0
+    services: int = 0
+    small_endpoints: int = 0  # of the small services, at the start
+    floor: EtcdStore | None = None
+    floor_seen: dict[str, float] = field(default_factory=dict)  # key -> time of its event
+    floor_progress: asyncio.Event = field(default_factory=asyncio.Event)
+    floor_watch: asyncio.Task[None] | None = None
+
+    async def start_floor(self) -> None:
+        """Connect to beta's etcd and watch ``floor/`` from now on."""
+        self.floor = EtcdStore([self.etcd["beta"]], timeout=30.0)
+        await self.floor.connect()
+        revision = await self.floor.current_revision()
+        self.floor_watch = asyncio.create_task(self._watch_floor(self.floor, revision + 1))
+
+    async def _watch_floor(self, store: EtcdStore, revision: int) -> None:
+        async for batch in store.watch_prefix(FLOOR_PREFIX, start_revision=revision):
+            now = time.monotonic()
+            for event in batch.events:
+                self.floor_seen.setdefault(event.key, now)
+            self.floor_progress.set()
+
+    async def floor_change(self, k: int) -> tuple[str, float, float]:
+        record = endpoint("beta", k, service=small_name(k % max(self.services, 1)))
+        key, value = FLOOR_PREFIX + record.key(), encode_record(record)
+        assert self.floor is not None
+        t0 = time.monotonic()
+        await self.floor.write(puts=[(key, value)])
+        return key, t0, time.monotonic() - t0
+
+    async def agent_change(self, mode: str, k: int) -> tuple[str, float, float]:
+        """Add endpoint k of the mode: (its address, time issued, write RPC seconds)."""
+        if mode == "big":
+            n, service = self.backends + k, SERVICE
+        else:
+            n, service = SMALL_BASE + self.small_endpoints + k, small_name(k % self.services)
+        t0 = time.monotonic()
+        record = endpoint("beta", n, service=service, updated_at=time.time())
+        await self.admins["beta"].write(puts=[record])
+        return str(record.address), t0, time.monotonic() - t0
+
+    async def load(self, mode: str, first: int, count: int, rate: float) -> Message:
+        """`count` changes of `mode` at `rate`/s, open loop (each issued on schedule as a task,
+        never waiting for earlier ones); then wait for every write (and floor event)."""
+        if mode == "floor" and self.floor is None:
+            await self.start_floor()
+        tasks: list[asyncio.Task[tuple[str, float, float]]] = []
+        late: list[float] = []
+        async for i, behind in paced(count, rate):
+            late.append(behind)
+            change: Coroutine[Any, Any, tuple[str, float, float]] = (
+                self.floor_change(first + i)
+                if mode == "floor"
+                else self.agent_change(mode, first + i)
+            )
+            tasks.append(asyncio.create_task(change))
+        rows = await asyncio.gather(*tasks)
+        floor: list[float] = []
+        if mode == "floor":
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                while not all(key in self.floor_seen for key, _, _ in rows):
+                    self.floor_progress.clear()
+                    await self.floor_progress.wait()
+            floor = [self.floor_seen[key] - t0 for key, t0, _ in rows]
+        return ("done", mode, list(rows), late, floor)
+
+    async def close(self) -> None:
+        if self.floor_watch is not None:
+            self.floor_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.floor_watch
+        if self.floor is not None:
+            await self.floor.close()
+        for client in self.admins.values():
+            await client.close()
+        for app in self.apps.values():
+            await app.stop()
 
 
 async def serve_cells(conn: Connection, etcd: dict[str, str], tls: dict[str, str]) -> None:
+    """Serve both cells; on ("setup", backends[, services]) load them, on ("load", mode, first,
+    count, rate) make changes (`Cells.load`); ("stop",) or EOF ends it."""
     inbox = Inbox(conn)
-    apps: dict[str, MeshApiApp] = {}
-    admins: dict[str, MeshClient] = {}
+    cells = Cells(etcd)
     try:
         for cell, (cell_id, pods, nodes) in CELLS.items():
-            app = apps[cell] = MeshApiApp(
+            app = cells.apps[cell] = MeshApiApp(
                 MeshApiConfig(
                     cell=cell,
                     cell_id=cell_id,
@@ -212,29 +342,36 @@ async def serve_cells(conn: Connection, etcd: dict[str, str], tls: dict[str, str
             )
             await app.start()
             await app.wait_ready()
-        address = {cell: f"127.0.0.1:{app.grpc_port}" for cell, app in apps.items()}
+        address = {cell: f"127.0.0.1:{app.grpc_port}" for cell, app in cells.apps.items()}
         for cell in CELLS:
-            admins[cell] = MeshClient(address[cell], Path(tls[f"{cell}-admin"]))
+            cells.admins[cell] = MeshClient(address[cell], Path(tls[f"{cell}-admin"]))
         conn.send(("ready", address))
         while True:
             msg = await inbox.queue.get()
             if msg[0] == "setup":
                 start = time.monotonic()
-                await load_cells(apps, admins, address, backends=int(msg[1]))
+                cells.backends = int(msg[1])
+                cells.services = int(msg[2]) if len(msg) > 2 else 0
+                cells.small_endpoints = small_total(cells.services)
+                await load_cells(
+                    cells.apps,
+                    cells.admins,
+                    address,
+                    backends=cells.backends,
+                    services=cells.services,
+                )
+                # As the meshapi process does once synced (meshapi.main.freeze_heap_once_synced).
+                gc.collect()
+                gc.freeze()
                 conn.send(("loaded", time.monotonic() - start))
-            elif msg[0] == "add":
-                t0 = time.monotonic()
-                record = endpoint("beta", int(msg[1]), updated_at=time.time())
-                await admins["beta"].write(puts=[record])
-                conn.send(("added", str(record.address), t0, time.monotonic()))
+            elif msg[0] == "load":
+                _, mode, first, count, rate = msg
+                conn.send(await cells.load(str(mode), int(first), int(count), float(rate)))
             else:  # "stop" or EOF
                 break
     finally:
         inbox.close()
-        for client in admins.values():
-            await client.close()
-        for app in apps.values():
-            await app.stop()
+        await cells.close()
 
 
 async def load_cells(
@@ -243,16 +380,27 @@ async def load_cells(
     address: dict[str, str],
     *,
     backends: int,
+    services: int = 0,
 ) -> None:
-    """Peers both ways, bench/big in both cells, its endpoints; wait for beta's watch cache."""
+    """Peers both ways; bench/big and the small services in both cells, their endpoints; wait
+    for beta's watch cache."""
+    small = [(small_name(i), small_vip(i)) for i in range(services)]
     for cell, other in (("alpha", "beta"), ("beta", "alpha")):
         peer = Peer(cell=cell, name=other, id=CELLS[other][0], address=address[other])
         await admins[cell].write(puts=[big_service(cell), peer])
+        for first in range(0, services, WRITE_BATCH):
+            batch = [global_service(cell, *s) for s in small[first : first + WRITE_BATCH]]
+            await admins[cell].write(puts=batch)
     await admins["alpha"].write(puts=[endpoint("alpha", n) for n in range(ALPHA_ENDPOINTS)])
+    records = [endpoint("beta", n) for n in range(backends)]
+    n = SMALL_BASE
+    for i in range(services):
+        for _ in range(small_size(i)):
+            records.append(endpoint("beta", n, service=small_name(i)))
+            n += 1
     revision = 0
-    for first in range(0, backends, WRITE_BATCH):
-        batch = [endpoint("beta", n) for n in range(first, min(backends, first + WRITE_BATCH))]
-        revision = await admins["beta"].write(puts=batch)
+    for first in range(0, len(records), WRITE_BATCH):
+        revision = await admins["beta"].write(puts=records[first : first + WRITE_BATCH])
     await apps["beta"].cache.wait_revision(revision, timeout=60)
 
 
@@ -293,7 +441,7 @@ async def watch_endpoints(conn: Connection, address: str, tls_dir: str) -> None:
 class StampedLbMaps(PinnedLbMaps):
     """`PinnedLbMaps` noting, per backend address, when the first successful apply left it in a
     service's slots (backends of big diffs, the initial sync, are not tracked), and the CPU
-    (thread time) spent in `apply`."""
+    (thread time) spent in `apply` and in that bookkeeping."""
 
     SMALL = 64
 
@@ -303,6 +451,7 @@ class StampedLbMaps(PinnedLbMaps):
         self.applies = 0
         self.diff_keys = 0  # backends + services of the applied diffs
         self.apply_cpu = 0.0
+        self.stamp_cpu = 0.0  # the bench's own bookkeeping above, not the agent's
         self._waiting: dict[BackendId, str] = {}  # backend id -> address, until a service has it
         self._on_apply = on_apply
 
@@ -310,7 +459,8 @@ class StampedLbMaps(PinnedLbMaps):
         start = time.thread_time()
         super().apply(diff)
         now = time.monotonic()
-        self.apply_cpu += time.thread_time() - start
+        stamp = time.thread_time()
+        self.apply_cpu += stamp - start
         self.applies += 1
         self.diff_keys += len(diff)
         if len(diff.backends) <= self.SMALL:
@@ -321,6 +471,7 @@ class StampedLbMaps(PinnedLbMaps):
             entries = [e for e in diff.services.values() if e is not None]
             for bid in [b for b in self._waiting if any(b in e.backend_ids for e in entries)]:
                 self.landed_at.setdefault(self._waiting.pop(bid), now)
+        self.stamp_cpu += time.thread_time() - stamp
         self._on_apply()
 
 
@@ -521,26 +672,51 @@ def ms(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def histogram_view(before: Histogram, after: Histogram) -> dict[str, Any]:
-    """The agent's own propagation histogram (bucket upper bounds), between two snapshots."""
-    counts = [a - b for a, b in zip(after.counts, before.counts, strict=True)]
+def late_ms(values: Sequence[float]) -> dict[str, float]:
+    """How late the generator issued changes (0 when on time): p50, p99, max in ms."""
+    figures = ms(values)
+    return {"p50": figures["p50"], "p99": figures["p99"], "max": figures["max"]}
+
+
+def histogram_view(buckets: Sequence[float], counts: Sequence[int], total: float) -> dict[str, Any]:
+    """The agent's own propagation histogram (bucket upper bounds) over some observations."""
     samples = sum(counts)
 
     def upper(q: float) -> float | None:
         seen = 0
-        for bound, count in zip([*after.buckets, float("inf")], counts, strict=True):
+        for bound, count in zip([*buckets, float("inf")], counts, strict=True):
             seen += count
             if seen >= q * samples:
                 return None if bound == float("inf") else bound * 1000
         return None
 
-    mean = (after.total - before.total) / samples * 1000 if samples else None
+    mean = total / samples * 1000 if samples else None
     return {
         "samples": samples,
         "mean_ms": None if mean is None else round(mean, 2),
         "p50_le_ms": upper(0.5),
         "p99_le_ms": upper(0.99),
     }
+
+
+@dataclass
+class ModeResult:
+    """What the measured rounds of one mode observed, added up over the rounds."""
+
+    name: str
+    changes: int = 0
+    wall: float = 0.0  # seconds from sending the first change to the last one observed
+    to_map: list[float] = field(default_factory=list)
+    to_watcher: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+    rpc: list[float] = field(default_factory=list)  # the write's round trip (admin RPC, etcd put)
+    late: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+    hist_counts: list[int] = field(default_factory=list)
+    hist_total: float = 0.0
+
+    def per_change(self, value: float, *, scale: float = 1000) -> float:
+        return round(value * scale / self.changes, 3)
 
 
 @dataclass
@@ -556,9 +732,10 @@ class Harness:
     seen: dict[str, float] = field(default_factory=dict)  # watcher: address -> time decoded
     inboxes: list[Inbox] = field(default_factory=list)
     agent: TimedAgent | None = None
+    gc_time: GcTime = field(default_factory=GcTime)
 
     async def until(
-        self, done: Callable[[], bool], what: str, *, timeout: float = CHANGE_TIMEOUT
+        self, done: Callable[[], bool], what: str, *, timeout: float = DRAIN_TIMEOUT
     ) -> None:
         """Wait for done(), with a deadline; fail at once if a child failed."""
         loop = asyncio.get_running_loop()
@@ -579,13 +756,15 @@ class Harness:
                 async with asyncio.timeout(remaining):
                     await self.progress.wait()
 
-    async def start_cells(self, tls: dict[str, str], backends: int) -> dict[str, Any]:
+    async def start_cells(
+        self, tls: dict[str, str], backends: int, services: int
+    ) -> dict[str, Any]:
         etcd = {cell: self.res.etcds[i].endpoint for i, cell in enumerate(CELLS)}
         self.cells = self.res.spawn("cells", serve_cells, etcd, tls)
         self.writes = Inbox(self.cells.conn, wake=self.progress.set)
         self.inboxes.append(self.writes)
         self.address: dict[str, str] = (await self.writes.get("ready", timeout=60))[1]
-        self.cells.conn.send(("setup", backends))
+        self.cells.conn.send(("setup", backends, services))
         load_s = (await self.writes.get("loaded", timeout=300))[1]
 
         def on_event(msg: Message) -> bool:
@@ -600,11 +779,13 @@ class Harness:
         watch = Inbox(child.conn, on_message=on_event, wake=self.progress.set)
         self.inboxes.append(watch)
         _, listed, list_s = await watch.get("synced", timeout=180)
-        if listed != backends:
-            raise BenchError(f"the watcher listed {listed} endpoints, not {backends}")
+        if listed != backends + small_total(services):
+            raise BenchError(
+                f"the watcher listed {listed} endpoints, not {backends + small_total(services)}"
+            )
         return {"write_s": round(load_s, 2), "watcher_list_s": round(list_s, 2)}
 
-    async def start_agent(self, tls_dir: str, backends: int) -> dict[str, Any]:
+    async def start_agent(self, tls_dir: str, backends: int, services: int) -> dict[str, Any]:
         """Load the datapath's maps, start the agent; wait until it programmed every backend."""
         self.res.loader = SockLbLoader(
             object_path=OBJECT, instance=f"bench-{uuid.uuid4().hex[:10]}"
@@ -613,6 +794,7 @@ class Harness:
         self.maps = self.res.maps = StampedLbMaps(
             self.res.loader.maps_dir, on_apply=self.progress.set
         )
+        self.services = services
         config = AgentConfig(
             cell="alpha", node="a1", meshapi=self.address["alpha"], tls_dir=Path(tls_dir)
         )
@@ -620,34 +802,71 @@ class Harness:
         start = time.monotonic()
         await agent.start()
         await self.until(
-            lambda: self.in_service() >= backends, "the initial sync", timeout=SYNC_TIMEOUT
+            lambda: (
+                self.in_service() >= backends + ALPHA_ENDPOINTS
+                and self.in_small_services() >= small_total(services)
+            ),
+            "the initial sync",
+            timeout=SYNC_TIMEOUT,
         )
         return {
             "s": round(time.monotonic() - start, 3),
-            "backends": self.in_service(),
+            "backends": self.in_service() + self.in_small_services(),
             "applies": self.maps.applies,
             "rounds": agent.stats.rounds,
             "merges": agent.stats.merges,
         }
 
-    def in_service(self) -> int:
-        entry = self.maps.landed.services.get(LbFrontend(IPv4Address(VIP), VIP_PORT, IPPROTO_TCP))
+    def in_service(self, vip: str = VIP) -> int:
+        entry = self.maps.landed.services.get(LbFrontend(IPv4Address(vip), VIP_PORT, IPPROTO_TCP))
         return len(entry.backend_ids) if entry is not None else 0
 
-    async def change(self, n: int) -> tuple[float, float, float]:
-        """Add beta endpoint n: (write → map, write → watcher, write RPC) in seconds."""
-        where = str(pod_address("beta", n))
-        self.cells.conn.send(("add", n))
-        await self.until(
-            lambda: where in self.maps.landed_at and where in self.seen,
-            f"backend {where} in the maps and at the watcher",
-        )
-        _, written, t0, t1 = await self.writes.get("added", timeout=CHANGE_TIMEOUT)
-        if written != where:
-            raise BenchError(f"wrote {written}, expected {where}")
-        return self.maps.landed_at[where] - t0, self.seen[where] - t0, t1 - t0
+    def in_small_services(self) -> int:
+        return sum(self.in_service(small_vip(i)) for i in range(self.services))
 
-    def counters(self, gc_time: GcTime) -> dict[str, float]:
+    async def load(
+        self, mode: str, first: int, count: int, rate: float, into: ModeResult | None
+    ) -> None:
+        """Changes first.. of `mode`, open loop at `rate`/s (made by the cells process); wait
+        until the agent's maps and the watcher hold them all; add what was seen to `into`."""
+        agent = self.agent
+        assert agent is not None
+        hist = agent.stats.propagation
+        hist0, total0 = list(hist.counts), hist.total
+        before = self.counters()
+        start = time.monotonic()
+        self.cells.conn.send(("load", mode, first, count, rate))
+        _, _, rows, late, floor = await self.writes.get(
+            "done", timeout=count / rate + DRAIN_TIMEOUT
+        )
+        wanted = [str(address) for address, _, _ in rows]
+        if mode != "floor":
+            landed, seen = self.maps.landed_at, self.seen
+            await self.until(
+                lambda: all(a in landed and a in seen for a in wanted),
+                f"the {mode} changes in the maps and at the watcher",
+            )
+        wall = time.monotonic() - start
+        after = self.counters()
+        if into is None:
+            return
+        into.changes += count
+        into.wall += wall
+        into.late.extend(late)
+        into.rpc.extend(rpc for _, _, rpc in rows)
+        into.floor.extend(floor)
+        if mode != "floor":
+            into.to_map.extend(self.maps.landed_at[a] - t0 for a, t0, _ in rows)
+            into.to_watcher.extend(self.seen[a] - t0 for a, t0, _ in rows)
+        for name, value in after.items():
+            into.cpu[name] = into.cpu.get(name, 0.0) + value - before[name]
+        counts = [a - b for a, b in zip(hist.counts, hist0, strict=True)]
+        into.hist_counts = [
+            a + b for a, b in zip(into.hist_counts or [0] * len(counts), counts, strict=True)
+        ]
+        into.hist_total += hist.total - total0
+
+    def counters(self) -> dict[str, float]:
         """Cumulative CPU seconds (and counts) of this process and of the agent's parts."""
         agent, maps = self.agent, self.maps
         assert agent is not None
@@ -658,12 +877,45 @@ class Harness:
             "merge": agent.merge_cpu,
             "desired": agent.timed_desired.set_cpu,
             "maps_apply": maps.apply_cpu,
-            "gc": gc_time.seconds,
-            "gc_full": gc_time.full,
+            "bench_stamp": maps.stamp_cpu,
+            "gc": self.gc_time.seconds,
+            "gc_full": self.gc_time.full,
             "round_count": agent.stats.rounds,
             "apply_count": maps.applies,
             "diff_keys": maps.diff_keys,
         }
+
+
+def agent_figures(mode: ModeResult, idle: ModeResult, floor: dict[str, float]) -> dict[str, Any]:
+    """Latency and CPU per change of an agent mode; idle: the floor rounds (agent idle)."""
+    cpu: dict[str, float] = {"phase_s": round(mode.wall, 2)}
+    for name in ("process", "loop_thread", "rounds"):
+        idle_share = idle.cpu[name] / idle.wall * mode.wall
+        cpu[f"{name}_ms_per_change"] = mode.per_change(mode.cpu[name])
+        cpu[f"{name}_idle_ms_per_change"] = mode.per_change(idle_share)
+        if name == "process":
+            cpu["process_net_ms_per_change"] = mode.per_change(mode.cpu[name] - idle_share)
+    for name in ("merge", "desired", "maps_apply", "gc", "bench_stamp"):
+        cpu[f"{name}_ms_per_change"] = mode.per_change(mode.cpu[name])
+    for name in ("gc_full", "round_count", "apply_count", "diff_keys"):
+        cpu[f"{name}_per_change"] = mode.per_change(mode.cpu[name], scale=1)
+    to_map, to_watcher = ms(mode.to_map), ms(mode.to_watcher)
+    return {
+        "samples": len(mode.to_map),
+        "write_to_map_ms": to_map,
+        "write_to_watcher_ms": to_watcher,
+        "write_rpc_ms": ms(mode.rpc),
+        "generator_late_ms": late_ms(mode.late),
+        "map_vs_floor": ratio(to_map, floor),
+        "watcher_vs_floor": ratio(to_watcher, floor),
+        "agent_minus_watcher_median_ms": round(
+            statistics.median(a - w for a, w in zip(mode.to_map, mode.to_watcher, strict=True))
+            * 1000,
+            2,
+        ),
+        "agent_histogram": histogram_view(Histogram().buckets, mode.hist_counts, mode.hist_total),
+        "cpu": cpu,
+    }
 
 
 async def measure(res: Resources, tls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
@@ -672,33 +924,30 @@ async def measure(res: Resources, tls: dict[str, str], args: argparse.Namespace)
     assert main_task is not None
     loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     run = Harness(res)
-    gc_time = GcTime()
-    gc.callbacks.append(gc_time)
+    gc.callbacks.append(run.gc_time)
+    results = {mode: ModeResult(mode) for mode in MODES}
     try:
-        load = await run.start_cells(tls, args.backends)
-        initial = await run.start_agent(tls["alpha-agent"], args.backends + ALPHA_ENDPOINTS)
-        assert run.agent is not None
-        first = args.backends
-        for n in range(first, first + args.warmup):
-            await run.change(n)
-        first += args.warmup
-
-        histogram = copy.deepcopy(run.agent.stats.propagation)
-        before = run.counters(gc_time)
+        load = await run.start_cells(tls, args.backends, args.services)
+        initial = await run.start_agent(tls["alpha-agent"], args.backends, args.services)
+        made = dict.fromkeys(MODES, 0)  # changes made so far, per mode
+        for mode in MODES:
+            await run.load(mode, made[mode], args.warmup, args.rate, None)
+            made[mode] += args.warmup
+        per_round = max(1, args.samples // ROUNDS)
         wall = time.monotonic()
-        results = [await run.change(n) for n in range(first, first + args.changes)]
+        for r in range(ROUNDS):
+            for mode in [*MODES[r % 3 :], *MODES[: r % 3]]:
+                await run.load(mode, made[mode], per_round, args.rate, results[mode])
+                made[mode] += per_round
         wall = time.monotonic() - wall
-        busy = {k: v - before[k] for k, v in run.counters(gc_time).items()}
-        agent_view = histogram_view(histogram, run.agent.stats.propagation)
-
-        before = run.counters(gc_time)
-        await asyncio.sleep(wall)  # idle as long: heartbeats and ticks only
-        idle = {k: v - before[k] for k, v in run.counters(gc_time).items()}
-        expected = args.backends + ALPHA_ENDPOINTS + args.warmup + args.changes
+        expected = args.backends + ALPHA_ENDPOINTS + made["big"]
         if run.in_service() != expected:
-            raise BenchError(f"the service has {run.in_service()} backends, not {expected}")
+            raise BenchError(f"bench/big has {run.in_service()} backends, not {expected}")
+        expected = small_total(args.services) + made["realistic"]
+        if run.in_small_services() != expected:
+            raise BenchError(f"the small services have {run.in_small_services()}, not {expected}")
     finally:
-        gc.callbacks.remove(gc_time)
+        gc.callbacks.remove(run.gc_time)
         if run.agent is not None:
             await run.agent.stop()
         for inbox in run.inboxes:
@@ -706,38 +955,28 @@ async def measure(res: Resources, tls: dict[str, str], args: argparse.Namespace)
         loop.remove_signal_handler(signal.SIGTERM)
         signal.signal(signal.SIGTERM, raise_on_sigterm)
 
-    to_map, to_event, rpc = zip(*results, strict=True)
-    agent_ms, watch_ms = ms(to_map), ms(to_event)
-    n = int(args.changes)
-
-    def per_change(figures: dict[str, float], name: str, *, scale: float = 1000) -> float:
-        return round(figures[name] * scale / n, 3)
-
-    cpu: dict[str, float] = {"phase_s": round(wall, 2)}
-    for name in ("process", "loop_thread", "rounds"):
-        cpu[f"{name}_ms_per_change"] = per_change(busy, name)
-        cpu[f"{name}_idle_ms_per_change"] = per_change(idle, name)
-        if name == "process":
-            cpu["process_net_ms_per_change"] = per_change(
-                {"net": busy["process"] - idle["process"]}, "net"
-            )
-    for name in ("merge", "desired", "maps_apply", "gc"):
-        cpu[f"{name}_ms_per_change"] = per_change(busy, name)
-    for name in ("gc_full", "round_count", "apply_count", "diff_keys"):
-        cpu[f"{name}_per_change"] = per_change(busy, name, scale=1)
+    idle = results["floor"]
+    floor = ms(idle.floor)
     return {
+        "rate_per_s": args.rate,
+        "rounds": ROUNDS,
+        "phase_s": round(wall, 2),
+        "cell": {
+            "big": f"1 service, {args.backends} beta + {ALPHA_ENDPOINTS} alpha endpoints",
+            "realistic": f"{args.services} services x 2-5 endpoints "
+            f"({small_total(args.services)} in beta)",
+        },
         "load": load,
         "initial_sync": initial,
-        "write_to_map_ms": agent_ms,
-        "write_to_event_ms": watch_ms,
-        "write_rpc_ms": ms(rpc),
-        "ratio_p50": round(agent_ms["p50"] / watch_ms["p50"], 2),
-        "ratio_p99": round(agent_ms["p99"] / watch_ms["p99"], 2),
-        "agent_minus_watcher_median_ms": round(
-            statistics.median(a - w for a, w in zip(to_map, to_event, strict=True)) * 1000, 2
-        ),
-        "agent_histogram": agent_view,
-        "cpu": cpu,
+        "floor": {
+            "samples": len(idle.floor),
+            "put_to_event_ms": floor,
+            "put_rpc_ms": ms(idle.rpc),
+            "generator_late_ms": late_ms(idle.late),
+            "idle_process_cpu_ms_per_s": round(idle.cpu["process"] / idle.wall * 1000, 2),
+        },
+        "realistic": agent_figures(results["realistic"], idle, floor),
+        "big": agent_figures(results["big"], idle, floor),
     }
 
 
@@ -746,14 +985,38 @@ async def measure(res: Resources, tls: dict[str, str], args: argparse.Namespace)
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--backends", type=int, default=10_000, help="endpoints in beta")
-    parser.add_argument("--changes", type=int, default=200, help="measured changes")
-    parser.add_argument("--warmup", type=int, default=5, help="changes before measuring")
+    parser.add_argument("--rate", type=float, default=100.0, help="changes per second")
+    parser.add_argument("--samples", type=int, default=1000, help="measured changes per mode")
+    parser.add_argument("--backends", type=int, default=10_000, help="beta endpoints of bench/big")
+    parser.add_argument(
+        "--services", type=int, default=2000, help="small global services (2-5 endpoints)"
+    )
+    parser.add_argument("--warmup", type=int, default=50, help="changes per mode before measuring")
+    parser.add_argument(
+        "--quick", action="store_true", help="200 samples a mode, 1,000 backends, 200 services"
+    )
     args = parser.parse_args(argv)
-    if args.backends < 1 or args.changes < 2 or args.warmup < 0:
-        parser.error("need --backends >= 1, --changes >= 2, --warmup >= 0")
-    if args.backends + args.warmup + args.changes > 65_000:
+    if args.quick:
+        args.samples, args.backends, args.services = 200, 1000, 200
+    if (
+        args.rate <= 0
+        or args.backends < 1
+        or args.services < 1
+        or args.samples < ROUNDS * 2
+        or args.warmup < 1
+    ):
+        parser.error(
+            f"need --rate > 0, --backends >= 1, --services >= 1, --samples >= {ROUNDS * 2}, "
+            "--warmup >= 1"
+        )
+    changes = args.warmup + args.samples
+    if (
+        args.backends + changes > SMALL_BASE
+        or SMALL_BASE + small_total(args.services) + changes > 65_000
+    ):
         parser.error("beta's endpoints must fit its pod CIDR 10.2.0.0/16")
+    if args.services > SMALL_VIPS.num_addresses - 2:
+        parser.error(f"at most {SMALL_VIPS.num_addresses - 2} small services ({SMALL_VIPS})")
     return args
 
 
@@ -770,8 +1033,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "backends": args.backends,
         "alpha_backends": ALPHA_ENDPOINTS,
-        "changes": args.changes,
-        "warmup": args.warmup,
+        "services": args.services,
+        "samples_per_mode": args.samples,
+        "warmup_per_mode": args.warmup,
         **figures,
     }
 

@@ -15,13 +15,31 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import Any
 
 
 class BenchError(RuntimeError):
     """The benchmark cannot run or saw a wrong result; the message says which."""
+
+
+async def paced(count: int, rate: float) -> AsyncIterator[tuple[int, float]]:
+    """Open loop: yield 0..count-1 on a fixed schedule of `rate` per second, each with how late
+    (seconds) it is against its slot; the caller must not wait for earlier changes in between."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.01
+    for i in range(count):
+        due = start + i / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i, max(0.0, loop.time() - due)
+
+
+def ratio(numerator: dict[str, float], denominator: dict[str, float]) -> dict[str, float]:
+    """p50 and p99 of one latency summary divided by another's (the figure a bench reports)."""
+    return {q: round(numerator[q] / max(denominator[q], 1e-9), 2) for q in ("p50", "p99")}
 
 
 def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_propagation import Inbox, Resources, ms
-from harness import BenchError, bench_main, interruptible, raise_on_sigterm
+from harness import BenchError, bench_main, interruptible, paced, raise_on_sigterm, ratio
 
 from certs import Role, create_ca, issue_certificate
 from meshapi.app import MeshApiApp, MeshApiConfig
@@ -398,22 +398,15 @@ class Run:
 
     async def load(self, mode: Mode, count: int, rate: float, *, measured: bool) -> None:
         """`count` changes of `mode` at `rate`/s, open loop; then wait for every one in etcd."""
-        loop = asyncio.get_running_loop()
         self.current = mode if measured else None
         before = await self.meshapi_stats() if measured else None
         own = time.process_time()
-        start = loop.time() + 0.01
-        for i in range(count):
-            due = start + i / rate
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            late = loop.time() - due
+        async for _, late in paced(count, rate):
             k = mode.counter
             mode.counter += 1
             key = mode.make(k)
             if measured:
-                mode.lag.append(max(0.0, late))
+                mode.lag.append(late)
                 mode.changes += 1
             self.expect(key, time.monotonic(), mode if measured else None)
         await self.until(lambda: not self.pending, f"{mode.name} changes in etcd", DRAIN_TIMEOUT)
@@ -677,14 +670,8 @@ async def measure(res: Resources, tls_dir: str, args: argparse.Namespace) -> dic
             "big": f"1 service, {b_slices * b_per} endpoints over {b_slices} slices",
         },
         **figures,
-        "realistic_vs_floor": {
-            "p50": round(re_["p50"] / fl["p50"], 2),
-            "p99": round(re_["p99"] / fl["p99"], 2),
-        },
-        "big_vs_realistic": {
-            "p50": round(bg["p50"] / re_["p50"], 2),
-            "p99": round(bg["p99"] / re_["p99"], 2),
-        },
+        "realistic_vs_floor": ratio(re_, fl),
+        "big_vs_realistic": ratio(bg, re_),
         "big_vs_realistic_cpu": round(
             figures["big"]["meshapi_cpu_ms_per_change"]
             / max(figures["realistic"]["meshapi_cpu_ms_per_change"], 1e-6),

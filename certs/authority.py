@@ -71,6 +71,26 @@ def _check_days(days: int) -> None:
         raise CertInputError(f"validity of {days} days is too long; at most {MAX_DAYS} allowed")
 
 
+def check_leaf_request(*, cell: str, role: Role | str, node: str | None, days: int) -> Role:
+    """The checks of a leaf request before anything is signed (on disk or in memory): a known
+    role, a valid cell name, a node only on an agent certificate, a validity in range."""
+    try:
+        role = Role(role)
+    except ValueError as e:
+        known = ", ".join(r.value for r in Role)
+        raise CertInputError(f"unknown role {role!r}; known roles: {known}") from e
+    validate_cell_name(cell)
+    if node is not None:
+        if role is not Role.AGENT:
+            raise CertInputError(
+                f"a node name binds an agent certificate to its node; {role.value} "
+                "certificates cannot have one"
+            )
+        validate_node_name(node)
+    _check_days(days)
+    return role
+
+
 def create_ca(
     *, trust_domain: str, out_dir: Path, days: int = 3650, now: datetime | None = None
 ) -> Path:
@@ -232,20 +252,7 @@ def issue_certificate(
     An existing `tls.crt`/`tls.key` is replaced only with `overwrite`. The not-after is clipped
     to the CA's.
     """
-    try:
-        role = Role(role)
-    except ValueError as e:
-        known = ", ".join(r.value for r in Role)
-        raise CertInputError(f"unknown role {role!r}; known roles: {known}") from e
-    validate_cell_name(cell)
-    if node is not None:
-        if role is not Role.AGENT:
-            raise CertInputError(
-                f"a node name binds an agent certificate to its node; {role.value} "
-                "certificates cannot have one"
-            )
-        validate_node_name(node)
-    _check_days(days)
+    role = check_leaf_request(cell=cell, role=role, node=node, days=days)
     now = resolve_now(now)
     ca = load_ca(ca_dir)
     cert, key = sign_leaf(

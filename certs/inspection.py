@@ -105,7 +105,8 @@ class CertificateInfo:
         }
 
 
-def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def subject_alt_names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The certificate's DNS names and IP addresses (as strings), in its order."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -125,7 +126,7 @@ def describe_certificate(
     """Describe an already loaded certificate; `path` is only recorded."""
     now = resolve_now(now)
     uris = tuple(uri_sans(cert))
-    dns_names, ip_addresses = _sans(cert)
+    dns_names, ip_addresses = subject_alt_names(cert)
     is_ca = is_ca_certificate(cert)
     spiffe = next((u for u in uris if u.startswith(SPIFFE_SCHEME)), None)
     trust_domain: str | None = None

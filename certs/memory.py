@@ -14,23 +14,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from certs.authority import CertificateAuthority, checked_ca, sign_leaf
+from certs.authority import CertificateAuthority, check_leaf_request, checked_ca, sign_leaf
 from certs.bundle import verify_chain
 from certs.clock import resolve_now
-from certs.errors import CertError, CertFileError, CertInputError
+from certs.errors import CertError
 from certs.identity import Role, identity_from_certificate
+from certs.inspection import subject_alt_names
 from certs.names import (
-    validate_cell_name,
     validate_dns_name,
     validate_ip_address,
-    validate_node_name,
 )
-from certs.pemfiles import certificate_pem, parse_certificate, parse_certificates, private_key_pem
+from certs.pemfiles import (
+    certificate_pem,
+    parse_certificate,
+    parse_certificates,
+    parse_ec_private_key,
+    private_key_pem,
+)
 
 __all__ = ["PemPair", "ca_certificate_pem", "ca_from_pem", "issue_pem", "reissue_reason"]
 
@@ -43,20 +46,10 @@ class PemPair:
     key: bytes
 
 
-def _parse_ec_key(data: bytes, *, source: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        raise CertFileError(f"{source}: not an unencrypted PEM private key ({e})") from e
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertFileError(f"{source}: expected an EC private key, found {type(key).__name__}")
-    return key
-
-
 def ca_from_pem(cert_pem: bytes, key_pem: bytes, *, source: str) -> CertificateAuthority:
     """The CA whose certificate and key are given (``source`` names where they came from)."""
     cert = parse_certificate(cert_pem, source=f"{source} ca.crt")
-    key = _parse_ec_key(key_pem, source=f"{source} ca.key")
+    key = parse_ec_private_key(key_pem, source=f"{source} ca.key")
     return checked_ca(cert, key, cert_source=f"{source} ca.crt", key_source=f"{source} ca.key")
 
 
@@ -78,13 +71,7 @@ def issue_pem(
     ca_source: str = "the CA",
 ) -> PemPair:
     """Issue ``spiffe://<td>/cell/<cell>/<role>`` like ``issue_certificate``, into memory."""
-    validate_cell_name(cell)
-    if node is not None:
-        if role is not Role.AGENT:
-            raise CertInputError(f"only agent certificates are bound to a node, not {role.value}")
-        validate_node_name(node)
-    if days < 1:
-        raise CertInputError(f"validity of {days} days is too short; give at least 1 day")
+    role = check_leaf_request(cell=cell, role=role, node=node, days=days)
     cert, key = sign_leaf(
         ca,
         ca_source=ca_source,
@@ -103,16 +90,6 @@ def _public_der(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set(), set()
-    dns = {name.lower() for name in san.get_values_for_type(x509.DNSName)}
-    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-    return dns, ips
 
 
 def reissue_reason(
@@ -138,7 +115,7 @@ def reissue_reason(
     now = resolve_now(now)
     try:
         cert = parse_certificate(cert_pem, source="tls.crt")
-        key = _parse_ec_key(key_pem, source="tls.key")
+        key = parse_ec_private_key(key_pem, source="tls.key")
         bundle = parse_certificates(bundle_pem, source="ca.crt")
     except CertError as e:
         return str(e)
@@ -156,7 +133,8 @@ def reissue_reason(
     if role is Role.MESHAPI:
         want_dns = {validate_dns_name(n).lower() for n in dns_names}
         want_ips = {str(validate_ip_address(a)) for a in ip_addresses}
-        if _sans(cert) != (want_dns, want_ips):
+        dns, ips = subject_alt_names(cert)
+        if ({name.lower() for name in dns}, set(ips)) != (want_dns, want_ips):
             return "its DNS/IP SANs differ from the wanted ones"
     ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
     if not any(c.public_bytes(serialization.Encoding.DER) == ca_der for c in bundle):

@@ -61,14 +61,18 @@ def read_certificate(path: Path, *, what: str = "certificate file") -> x509.Cert
 
 def read_ec_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Read an unencrypted PEM private key and check that it is an EC key."""
-    data = _read_bytes(path, what="private key")
+    return parse_ec_private_key(_read_bytes(path, what="private key"), source=str(path))
+
+
+def parse_ec_private_key(data: bytes, *, source: str) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM EC private key from bytes; ``source`` names where they came from."""
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
         # TypeError: the key is encrypted; mesh keys are protected by file mode, not passwords.
-        raise CertFileError(f"{path}: not an unencrypted PEM private key ({e})") from e
+        raise CertFileError(f"{source}: not an unencrypted PEM private key ({e})") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertFileError(f"{path}: expected an EC private key, found {type(key).__name__}")
+        raise CertFileError(f"{source}: expected an EC private key, found {type(key).__name__}")
     return key
 
 

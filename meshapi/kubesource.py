@@ -62,7 +62,6 @@ class Gone(KubeApiError):
 class WatchStatus:
     """One resource's progress, as /status shows it."""
 
-    synced: bool = False
     listings: int = 0
     relists: int = 0
     bookmarks: int = 0
@@ -161,7 +160,7 @@ class KubeSource:
         kinds: dict[str, Any] = {}
         for watch, st in self.watches.items():
             kinds[str(watch)] = {
-                "synced": st.synced,
+                "synced": self._watch_synced(watch),
                 "objects": self.state.objects(watch),
                 "listings": st.listings,
                 "relists": st.relists,
@@ -175,6 +174,10 @@ class KubeSource:
             "kinds": kinds,
             "bad_objects": [b.as_json() for b in bad],
         }
+
+    def _watch_synced(self, watch: WatchKind) -> bool:
+        """Every record kind this resource feeds has had its first write (and canary)."""
+        return all(k in self.written for k, ws in CANARY_WATCHES.items() if watch in ws)
 
     def bad_object_counts(self) -> dict[str, int]:
         return {str(w): self.state.bad_total[w] for w in WatchKind}
@@ -193,10 +196,6 @@ class KubeSource:
         self._submit(diff)
         self.writer.mark_synced(kind)
         self._written_events[kind].set()
-        for watch, status in self.watches.items():
-            status.synced = all(
-                k in self.written for k, ws in CANARY_WATCHES.items() if watch in ws
-            )
         log.info(
             "Kind listed and written, canary queued",
             kind=str(kind),

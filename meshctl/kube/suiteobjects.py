@@ -28,10 +28,12 @@ __all__ = [
     "SuiteObjectError",
     "endpoint_slice",
     "namespace_object",
+    "pod_endpoint",
     "pod_object",
     "pod_status",
     "service_object",
     "slice_name",
+    "slice_object",
 ]
 
 MANAGED_BY: Final = "e2e.cellmesh.io"
@@ -110,6 +112,42 @@ def slice_name(service: str, pod: str) -> str:
     return f"{name[: _MAX_NAME - 11]}-{digest}"
 
 
+def slice_object(
+    *,
+    name: str,
+    namespace: str,
+    service: str,
+    labels: dict[str, str],
+    endpoints: list[dict[str, Any]],
+    ports: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """An IPv4 ``discovery.k8s.io/v1`` EndpointSlice of ``service`` (also the lab's demo slices)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**labels, "kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": ports,
+    }
+
+
+def pod_endpoint(
+    *, address: str, node: str, pod_namespace: str, pod: str, ready: bool
+) -> dict[str, Any]:
+    """One endpoint of a slice: a pod's address, its node, and its readiness."""
+    return {
+        "addresses": [address],
+        "conditions": {"ready": ready, "serving": ready, "terminating": False},
+        "nodeName": node,
+        "targetRef": {"kind": "Pod", "namespace": pod_namespace, "name": pod},
+    }
+
+
 def endpoint_slice(
     *,
     namespace: str,
@@ -122,30 +160,18 @@ def endpoint_slice(
     ready: bool,
 ) -> dict[str, Any]:
     """The EndpointSlice publishing ``pod`` (at ``address`` on ``node``) for ``service``."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": slice_name(service, pod),
-            "namespace": namespace,
-            "labels": {
-                **_MANAGED,
-                "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
-                "kubernetes.io/service-name": service,
-                POD_LABEL: pod,
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": [
-            {
-                "addresses": [address],
-                "conditions": {"ready": ready, "serving": ready, "terminating": False},
-                "nodeName": node,
-                "targetRef": {"kind": "Pod", "namespace": pod_namespace, "name": pod},
-            }
+    return slice_object(
+        name=slice_name(service, pod),
+        namespace=namespace,
+        service=service,
+        labels={**_MANAGED, "endpointslice.kubernetes.io/managed-by": MANAGED_BY, POD_LABEL: pod},
+        endpoints=[
+            pod_endpoint(
+                address=address, node=node, pod_namespace=pod_namespace, pod=pod, ready=ready
+            )
         ],
-        "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in ports],
-    }
+        ports=[{"name": p.name, "port": p.port, "protocol": p.protocol} for p in ports],
+    )
 
 
 def service_object(manifest: str) -> dict[str, Any]:

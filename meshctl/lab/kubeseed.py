@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from meshctl.kube.suiteobjects import pod_endpoint, slice_object
 from meshctl.lab.state import CellState, LabState, NodeState
 from meshctl.lab.topology import DEMO_SERVICE, ECHO_PORT
 
@@ -131,33 +132,27 @@ def demo_slice(lab: str, node: NodeState) -> dict[str, Any] | None:
     if not pods:
         return None
     ports = {(p.name, p.port, p.protocol) for pod in pods for p in pod.ports}
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": _meta(
-            f"{service}-{node.name}",
-            lab,
-            namespace,
-            labels={
-                "kubernetes.io/service-name": service,
-                "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
-            },
-        ),
-        "addressType": "IPv4",
-        "endpoints": [
-            {
-                "addresses": [pod.address],
-                "conditions": {"ready": pod.ready, "serving": pod.ready, "terminating": False},
-                "nodeName": node.name,
-                "targetRef": {"kind": "Pod", "namespace": namespace, "name": pod.name},
-            }
+    meta = _meta(f"{service}-{node.name}", lab, namespace)
+    return slice_object(
+        name=meta["name"],
+        namespace=namespace,
+        service=service,
+        labels={**meta["labels"], "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
+        endpoints=[
+            pod_endpoint(
+                address=pod.address,
+                node=node.name,
+                pod_namespace=namespace,
+                pod=pod.name,
+                ready=pod.ready,
+            )
             for pod in pods
         ],
-        "ports": [
+        ports=[
             {"name": name, "port": port, "protocol": protocol}
             for name, port, protocol in sorted(ports)
         ],
-    }
+    )
 
 
 def cell_objects(state: LabState, cell: CellState) -> list[dict[str, Any]]:

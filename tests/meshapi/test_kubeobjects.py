@@ -20,14 +20,8 @@ from meshapi.kubeobjects import (
     peers_from_configmap,
     service_record,
 )
-from meshcore.model import Affinity, CellConfig, Endpoint, EndpointPort, Peer
-
-CONFIG = CellConfig(
-    name="alpha",
-    id=1,
-    pod_cidrs=[ip_network("10.1.0.0/16")],
-    node_cidrs=[ip_network("192.168.1.0/24")],
-)
+from meshcore.model import Affinity, Endpoint, EndpointPort, Peer
+from tests.meshapi.kube_objects import CONFIG, endpoint_slice
 
 
 def svc(
@@ -43,26 +37,7 @@ def svc(
     }
 
 
-def eps(
-    name: str,
-    endpoints: list[dict[str, Any]],
-    ports: list[dict[str, Any]] | None = None,
-    *,
-    service: str = "echo",
-    address_type: str = "IPv4",
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "demo",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": address_type,
-        "endpoints": endpoints,
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}] if ports is None else ports,
-    }
+eps = endpoint_slice
 
 
 def node(name: str = "n1", **spec: Any) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from meshcore.model import (
 )
 from meshctl.lab.kubeapi import KubeApiDouble
 from tests.conftest import CELL_CIDRS, CELL_IDS, Pki, wait_for
+from tests.meshapi.kube_objects import endpoint_slice as slice_object
 
 CELL = "alpha"
 POD, NODES = CELL_CIDRS[CELL]
@@ -68,20 +69,12 @@ def service(name: str = "echo", vip: str = "10.96.0.10", **annotations: str) -> 
 def endpoint_slice(
     name: str, addresses: list[str], *, service: str = "echo", port: int = 8080, **conditions: bool
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "demo",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "endpoints": [
-            {"addresses": [a], "nodeName": "n1", "conditions": dict(conditions)} for a in addresses
-        ],
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-    }
+    return slice_object(
+        name,
+        [{"addresses": [a], "nodeName": "n1", "conditions": dict(conditions)} for a in addresses],
+        [{"name": "http", "port": port, "protocol": "TCP"}],
+        service=service,
+    )
 
 
 def node(name: str, address: str, pod_cidr: str) -> dict[str, Any]:

@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import random
 import time
-from ipaddress import ip_network
 from typing import Any
 
 from meshapi.kubeobjects import endpoints_from_slices, parse_endpoint_slice
 from meshapi.kubestate import KubeState, WatchKind
 from meshapi.views import Item
-from meshcore.model import CellConfig, Endpoint, Kind, decode_record, encode_record, kind_of_key
-
-CONFIG = CellConfig(
-    name="alpha",
-    id=1,
-    pod_cidrs=[ip_network("10.1.0.0/16")],
-    node_cidrs=[ip_network("192.168.1.0/24")],
-)
+from meshcore.model import Endpoint, Kind, decode_record, encode_record, kind_of_key
+from tests.meshapi.kube_objects import CONFIG, endpoint_slice
 
 
 def slice_(
@@ -30,16 +23,9 @@ def slice_(
     ports: tuple[int, ...] = (8080,),
 ) -> dict[str, Any]:
     """A slice listing 10.1.x.y for each n (address index) with its ready condition."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "demo",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "endpoints": [
+    return endpoint_slice(
+        name,
+        [
             {
                 "addresses": [f"10.1.{n // 250}.{n % 250 + 1}"],
                 "nodeName": f"n{n % 3}",
@@ -47,8 +33,9 @@ def slice_(
             }
             for n, ready in sorted(addresses.items())
         ],
-        "ports": [{"name": f"p{p}", "port": p, "protocol": "TCP"} for p in ports],
-    }
+        [{"name": f"p{p}", "port": p, "protocol": "TCP"} for p in ports],
+        service=service,
+    )
 
 
 def endpoint_records(state: KubeState) -> dict[str, Endpoint]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
+
+from meshctl.lab.kubeapi import KubeApiDouble, KubeApiThread
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +23,16 @@ def server_logs_outside_cli_output() -> Iterator[None]:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture
+def api() -> Iterator[KubeApiDouble]:
+    """A Kubernetes API double on its own thread (the CLI under test is synchronous)."""
+    with KubeApiThread() as double:
+        yield double
+
+
+@pytest.fixture
+def kubeconfig(api: KubeApiDouble, tmp_path: Path) -> Path:
+    """A kubeconfig whose context ``cell-1`` points at ``api``."""
+    return api.write_kubeconfig(tmp_path / "kubeconfig", context="cell-1")

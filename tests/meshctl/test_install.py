@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +39,6 @@ EXPECTED = {
     ("DaemonSet", NS, "cellmesh-agent"),
     ("PodDisruptionBudget", NS, "cellmesh-meshapi"),
 }
-
-
-@pytest.fixture
-def api() -> Iterator[KubeApiDouble]:
-    with KubeApiThread() as double:
-        yield double
-
-
-@pytest.fixture
-def kubeconfig(api: KubeApiDouble, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig", context="cell-1")
 
 
 def meshctl(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Result:

@@ -15,17 +15,6 @@ NS = "kube-client-test"
 
 
 @pytest.fixture
-def api() -> Iterator[KubeApiDouble]:
-    with KubeApiThread() as double:
-        yield double
-
-
-@pytest.fixture
-def kubeconfig(api: KubeApiDouble, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kubeconfig", context="cell-1")
-
-
-@pytest.fixture
 def client(kubeconfig: Path) -> Iterator[KubeClient]:
     with KubeClient.from_context("cell-1", kubeconfig=kubeconfig) as kube:
         yield kube

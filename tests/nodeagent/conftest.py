@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -313,3 +314,16 @@ def datapath(sock_lb_object: Path, cgroup: Path) -> Iterator[DatapathConfig]:
         # Link pins first (the programs detach), then the maps; the cellmesh dir if empty.
         SockLbLoader(object_path=sock_lb_object, instance=instance).unpin()
     assert not config.pin_dir.exists(), f"{config.pin_dir} left behind"
+
+
+async def stop_process(proc: asyncio.subprocess.Process, *, timeout: float = 15) -> int:
+    """SIGTERM the agent process we started and reap it (SIGKILL, then raise, when it does not
+    exit in ``timeout``: it is reaped before the fixtures remove its cgroup and pins)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()  # ours, by pid
+        await proc.wait()
+        raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from meshcore.localetcd import free_loopback_port
 from meshcore.model import Kind, Node
 from nodeagent.app import DatapathConfig
 from tests.conftest import Pki, assert_refused, http_get
-from tests.nodeagent.conftest import Mesh
+from tests.nodeagent.conftest import Mesh, stop_process
 
 BIN = Path(sys.executable).parent
 NODEAGENT, MESHCTL = str(BIN / "nodeagent"), str(BIN / "meshctl")
@@ -105,14 +104,7 @@ async def test_agent_process_registers_programs_the_maps_and_stops_on_sigterm(
         assert code == 200
         assert "nodeagent_endpoint_updates" in metrics
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            returncode = await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()  # ours, by pid; reaped before the fixtures remove cgroup and pins
-            await proc.wait()
-            raise
+        returncode = await stop_process(proc)
     assert returncode == 0, log.read_text()
     # Stopped, not removed: the programs stay attached and the maps keep serving.
     assert (datapath.pin_dir / "maps").is_dir()

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from meshcore.localetcd import free_loopback_port
 from meshcore.model import AgentStatus, Kind, Node
 from nodeagent.app import DatapathConfig
 from tests.conftest import Pki, http_get
-from tests.nodeagent.conftest import Mesh, RouteNetns
+from tests.nodeagent.conftest import Mesh, RouteNetns, stop_process
 
 NODEAGENT = str(Path(sys.executable).parent / "nodeagent")
 NODE_ENV = "NODE_NAME"
@@ -118,14 +117,7 @@ async def test_in_cluster_agent_waits_for_its_node_record_and_follows_node_recor
         assert set(await records(Kind.NODE)) == {MOVED.key()}, "the agent wrote no node"
     finally:
         await admin.close()
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            returncode = await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()  # ours, by pid; reaped before the fixtures remove cgroup and pins
-            await proc.wait()
-            raise
+        returncode = await stop_process(proc)
     assert returncode == 0, log.read_text()
 
 
